@@ -1,0 +1,140 @@
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Config } from './config.js';
+import type { Hub } from './hub.js';
+import type { Logger } from './log.js';
+import type { Transport } from './transports/transport.js';
+
+export interface HealthReport {
+  readonly healthy: boolean;
+  readonly body: Readonly<Record<string, unknown>>;
+}
+
+export interface ServerDeps {
+  readonly hub: Hub;
+  readonly html: Transport;
+  readonly health: () => HealthReport;
+  readonly logger: Logger;
+}
+
+export interface HttpServer {
+  /** Listens on HOST:PORT (PORT 0 picks a free port); resolves with the base URL. */
+  listen(): Promise<URL>;
+  /**
+   * Stops accepting, ends every stream with its closing frame, and resolves when all connections
+   * are gone; connections still open after `graceMs` are destroyed.
+   */
+  close(graceMs: number): Promise<void>;
+  readonly server: http.Server;
+}
+
+type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+
+// Seconds a client should wait before it retries a refused stream.
+const RETRY_AFTER_S = '5';
+
+export function createServer(config: Config, deps: ServerDeps): HttpServer {
+  const { hub, logger } = deps;
+  const log = logger.child({ mod: 'http' });
+  let closing = false;
+  let full = false;
+
+  const server = http.createServer({
+    // Slow or stalled request headers are cut (slowloris); once a stream is open it has no idle
+    // timeout of its own: heartbeats keep it busy and 'close' removes it.
+    headersTimeout: 10_000,
+    requestTimeout: 30_000,
+    keepAliveTimeout: 5_000,
+    noDelay: true,
+  });
+
+  const routes: Record<string, Record<string, Handler>> = {
+    '/stream': { GET: openStream(deps.html), HEAD: openStream(deps.html) },
+    '/healthz': { GET: healthz, HEAD: healthz },
+  };
+
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const url = req.url ?? '';
+    const query = url.indexOf('?');
+    const path = query === -1 ? url : url.slice(0, query);
+    if (!path.startsWith('/')) return reply(res, 400, 'bad request target\n');
+    const route = routes[path];
+    if (route === undefined) return reply(res, 404, 'not found\n');
+    const handler = route[req.method ?? ''];
+    if (handler === undefined) {
+      return reply(res, 405, 'method not allowed\n', { Allow: Object.keys(route).join(', ') });
+    }
+    handler(req, res);
+  });
+
+  function openStream(transport: Transport): Handler {
+    return (req, res) => {
+      if (closing) {
+        return reply(res, 503, 'server is shutting down\n', { 'Retry-After': RETRY_AFTER_S });
+      }
+      if (req.method === 'HEAD') {
+        res.writeHead(200, transport.headers).end();
+        return;
+      }
+      if (hub.size >= config.maxStreams) {
+        // Logged when the limit is reached, not for every refused client.
+        if (!full)
+          log.warn({ event: 'stream.rejected', limit: config.maxStreams }, 'MAX_STREAMS reached');
+        full = true;
+        return reply(res, 503, 'too many open streams\n', { 'Retry-After': RETRY_AFTER_S });
+      }
+      full = false;
+      req.socket.setTimeout(0);
+      res.writeHead(200, transport.headers);
+      res.write(transport.preamble);
+      hub.add(res, transport);
+    };
+  }
+
+  function healthz(_req: IncomingMessage, res: ServerResponse): void {
+    const report = deps.health();
+    reply(res, report.healthy ? 200 : 503, `${JSON.stringify(report.body)}\n`, {
+      'Content-Type': 'application/json',
+    });
+  }
+
+  return {
+    listen() {
+      return new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(config.port, config.host, () => {
+          server.off('error', reject);
+          const { address, port } = server.address() as AddressInfo;
+          const host = address.includes(':') ? `[${address}]` : address;
+          resolve(new URL(`http://${host}:${port}/`));
+        });
+      });
+    },
+    close(graceMs) {
+      closing = true;
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      hub.closeAll();
+      server.closeIdleConnections();
+      const grace = setTimeout(() => server.closeAllConnections(), graceMs);
+      return closed.finally(() => clearTimeout(grace));
+    },
+    server,
+  };
+}
+
+/** A small plain-text (or given type) answer with an exact length; HEAD gets no body. */
+function reply(
+  res: ServerResponse,
+  status: number,
+  body: string,
+  headers: Record<string, string> = {},
+): void {
+  res.writeHead(status, {
+    'Content-Type': 'text/plain; charset=utf-8',
+    'Content-Length': Buffer.byteLength(body),
+    'Cache-Control': 'no-store',
+    'X-Content-Type-Options': 'nosniff',
+    ...headers,
+  });
+  res.end(body);
+}

@@ -1,0 +1,77 @@
+import { Writable } from 'node:stream';
+import { type App, createApp } from '../../src/app.js';
+import { loadConfig } from '../../src/config.js';
+import { createLogger } from '../../src/log.js';
+import { waitUntil } from './wait.js';
+
+export interface LogEntry {
+  readonly level: string;
+  readonly event?: string;
+  readonly [field: string]: unknown;
+}
+
+/** Collects the server's pino lines, parsed, so tests can assert on events. */
+export interface LogRecorder {
+  readonly entries: LogEntry[];
+  events(name: string): LogEntry[];
+  waitFor(name: string, timeoutMs?: number): Promise<LogEntry>;
+}
+
+export interface TestApp {
+  readonly app: App;
+  /** Base URL, e.g. http://127.0.0.1:39123/ */
+  readonly url: URL;
+  /** The URL of GET /stream. */
+  readonly streamUrl: URL;
+  readonly logs: LogRecorder;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the real server in-process on an ephemeral port against `databaseUrl`. `env` overrides
+ * the test defaults (50 ms ticks, debug logs). Set ROWCAST_TEST_LOGS=1 to see the logs on stderr.
+ */
+export async function startApp(
+  databaseUrl: string,
+  env: Record<string, string> = {},
+): Promise<TestApp> {
+  const config = loadConfig({
+    DATABASE_URL: databaseUrl,
+    PORT: '0',
+    POLL_INTERVAL_MS: '50',
+    LOG_LEVEL: 'debug',
+    ...env,
+  });
+  const logs = createLogRecorder();
+  const app = createApp(config, createLogger(config.logLevel, logs.stream));
+  const url = await app.start();
+  return {
+    app,
+    url,
+    streamUrl: new URL('/stream', url),
+    logs,
+    close: () => app.close(),
+  };
+}
+
+export function createLogRecorder(): LogRecorder & { stream: Writable } {
+  const entries: LogEntry[] = [];
+  const echo = process.env.ROWCAST_TEST_LOGS === '1';
+  const stream = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString('utf8').split('\n')) {
+        if (line === '') continue;
+        entries.push(JSON.parse(line) as LogEntry);
+        if (echo) process.stderr.write(`${line}\n`);
+      }
+      done();
+    },
+  });
+  const events = (name: string) => entries.filter((entry) => entry.event === name);
+  return {
+    entries,
+    events,
+    waitFor: (name, timeoutMs) => waitUntil(() => events(name)[0], `log event ${name}`, timeoutMs),
+    stream,
+  };
+}

@@ -1,0 +1,66 @@
+import mysql from 'mysql2/promise';
+
+/** Where the tests find MariaDB: TEST_DATABASE_URL, or root on 127.0.0.1:3306. */
+export const SERVER_URL = new URL(process.env.TEST_DATABASE_URL ?? 'mysql://root@127.0.0.1:3306/');
+
+export interface TestDb {
+  readonly name: string;
+  /** A DATABASE_URL for this database. */
+  readonly url: string;
+  /** A direct connection (not through any proxy), for setting up and checking rows. */
+  readonly conn: mysql.Connection;
+  query<T = unknown>(sql: string, values?: unknown[]): Promise<T>;
+  /** Inserts rows into `msg` in one statement; returns their ids in order. */
+  insert(...contents: (string | null)[]): Promise<string[]>;
+  /** id → flag of every row in `msg`. */
+  flags(): Promise<Map<string, number>>;
+  drop(): Promise<void>;
+}
+
+/** Creates a fresh database of its own for one test file (dropped by `drop`). */
+export async function createTestDb(label: string): Promise<TestDb> {
+  const name = `rowcast_t_${label}_${process.pid}`;
+  const admin = await mysql.createConnection(connectionOptions());
+  await admin.query(`DROP DATABASE IF EXISTS \`${name}\``);
+  await admin.query(`CREATE DATABASE \`${name}\` CHARACTER SET utf8mb4`);
+  await admin.end();
+  const conn = await mysql.createConnection({ ...connectionOptions(), database: name });
+  const url = new URL(SERVER_URL.href);
+  url.pathname = `/${name}`;
+  const query = async <T>(sql: string, values?: unknown[]) =>
+    (await conn.query(sql, values))[0] as T;
+  return {
+    name,
+    url: url.href,
+    conn,
+    query,
+    async insert(...contents) {
+      const result = await query<{ insertId: number }>('INSERT INTO msg (content) VALUES ?', [
+        contents.map((content) => [content]),
+      ]);
+      return contents.map((_, i) => String(result.insertId + i));
+    },
+    async flags() {
+      const rows = await query<{ id: string; flag: number }[]>(
+        'SELECT id, flag FROM msg ORDER BY id',
+      );
+      return new Map(rows.map((row) => [String(row.id), row.flag]));
+    },
+    async drop() {
+      await conn.query(`DROP DATABASE IF EXISTS \`${name}\``);
+      await conn.end();
+    },
+  };
+}
+
+export function connectionOptions(): mysql.ConnectionOptions {
+  return {
+    host: SERVER_URL.hostname,
+    port: Number(SERVER_URL.port || 3306),
+    user: decodeURIComponent(SERVER_URL.username || 'root'),
+    password: decodeURIComponent(SERVER_URL.password),
+    charset: 'utf8mb4',
+    supportBigNumbers: true,
+    bigNumberStrings: true,
+  };
+}

@@ -1,0 +1,93 @@
+import { once } from 'node:events';
+import net from 'node:net';
+import { SERVER_URL } from './db.js';
+
+/**
+ * A TCP proxy in front of MariaDB, for cutting the database away from a running server for real.
+ * It also reads the client's MySQL packets to log every SQL statement (COM_QUERY) it forwards, so
+ * tests can count the queries rowcast sends.
+ */
+export interface DbProxy {
+  /** The DATABASE_URL that goes through this proxy to `database`. */
+  url(database: string): string;
+  /** Every statement forwarded, in order. */
+  readonly queries: string[];
+  /** Drops every open connection and refuses new ones until `restore`. */
+  cut(): void;
+  restore(): void;
+  close(): Promise<void>;
+}
+
+const COM_QUERY = 0x03;
+
+export async function startDbProxy(target: { host: string; port: number }): Promise<DbProxy> {
+  const sockets = new Set<net.Socket>();
+  const queries: string[] = [];
+  let down = false;
+
+  const server = net.createServer((client) => {
+    if (down) {
+      client.resetAndDestroy();
+      return;
+    }
+    const upstream = net.connect(target);
+    sockets.add(client);
+    sockets.add(upstream);
+    let pending: Buffer = Buffer.alloc(0);
+    client.on('data', (chunk: Buffer) => {
+      pending = readPackets(Buffer.concat([pending, chunk]), queries);
+    });
+    client.pipe(upstream);
+    upstream.pipe(client);
+    const drop = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    client.on('error', drop).on('close', drop);
+    upstream.on('error', drop).on('close', drop);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as net.AddressInfo;
+
+  const cut = () => {
+    down = true;
+    for (const socket of sockets) socket.resetAndDestroy();
+    sockets.clear();
+  };
+  return {
+    url(database) {
+      const url = new URL(SERVER_URL.href);
+      url.hostname = '127.0.0.1';
+      url.port = String(port);
+      url.pathname = `/${database}`;
+      return url.href;
+    },
+    queries,
+    cut,
+    restore() {
+      down = false;
+    },
+    async close() {
+      cut();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/** Logs complete COM_QUERY packets (sequence 0 starts a command) and returns the unread rest. */
+function readPackets(buffer: Buffer, queries: string[]): Buffer {
+  let offset = 0;
+  while (buffer.length - offset >= 4) {
+    const length = buffer.readUIntLE(offset, 3);
+    if (buffer.length - offset < 4 + length) break;
+    const sequence = buffer[offset + 3];
+    if (sequence === 0 && buffer[offset + 4] === COM_QUERY) {
+      queries.push(buffer.toString('utf8', offset + 5, offset + 4 + length));
+    }
+    offset += 4 + length;
+  }
+  return buffer.subarray(offset);
+}
