@@ -54,10 +54,8 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
   };
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-    const url = req.url ?? '';
-    const query = url.indexOf('?');
-    const path = query === -1 ? url : url.slice(0, query);
-    if (!path.startsWith('/')) return reply(res, 400, 'bad request target\n');
+    const path = pathOf(req.url ?? '');
+    if (path === null) return reply(res, 400, 'bad request target\n');
     const route = routes[path];
     if (route === undefined) return reply(res, 404, 'not found\n');
     const handler = route[req.method ?? ''];
@@ -120,6 +118,20 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     },
     server,
   };
+}
+
+/** The path of an origin-form (`/stream?x`) or absolute-form (`http://h/stream`) target. */
+function pathOf(target: string): string | null {
+  if (target.startsWith('/')) {
+    const query = target.indexOf('?');
+    return query === -1 ? target : target.slice(0, query);
+  }
+  try {
+    const url = new URL(target);
+    return url.protocol === 'http:' || url.protocol === 'https:' ? url.pathname : null;
+  } catch {
+    return null;
+  }
 }
 
 /** A small plain-text (or given type) answer with an exact length; HEAD gets no body. */

@@ -128,6 +128,7 @@ test('one SELECT per tick whatever the number of streams; UPDATE names exactly t
     { POLL_INTERVAL_MS: '60000' },
     async (app) => {
       const selectsPerTick = async (streams: number): Promise<number> => {
+        await app.app.poller.pollOnce(); // queued after the tick that start() ran
         const clients = await openStreams(app, streams);
         const before = proxy.queries.length;
         const ids = await db.insert('a', 'b');

@@ -1,0 +1,174 @@
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import http from 'node:http';
+import net from 'node:net';
+import { after, before, test } from 'node:test';
+import { startApp, type TestApp } from './helpers/app.js';
+import { createTestDb, type TestDb } from './helpers/db.js';
+import { openStream } from './helpers/stream.js';
+import { waitUntil } from './helpers/wait.js';
+
+// The HTTP surface table of DESIGN.md, checked on real sockets.
+
+let db: TestDb;
+let server: TestApp;
+before(async () => {
+  db = await createTestDb('http');
+  server = await startApp(db.url, { PAD_BYTES: '300', HEARTBEAT_MS: '3600000' });
+});
+after(async () => {
+  await server.close();
+  await db.drop();
+});
+
+interface Answer {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+async function request(path: string, method = 'GET'): Promise<Answer> {
+  const req = http.request(new URL(path, server.url), { method, agent: false });
+  req.end();
+  const [res] = (await once(req, 'response')) as [http.IncomingMessage];
+  let body = '';
+  res.setEncoding('utf8');
+  for await (const chunk of res) body += chunk;
+  return { status: res.statusCode ?? 0, headers: res.headers, body };
+}
+
+/** Sends `head` on a raw socket and collects everything the server answers. */
+function rawClient(head: string) {
+  const socket = net.connect(Number(server.url.port), server.url.hostname);
+  socket.write(head);
+  let received = '';
+  socket.setEncoding('utf8');
+  socket.on('data', (chunk: string) => {
+    received += chunk;
+  });
+  const closed = once(socket, 'close');
+  return {
+    get received() {
+      return received;
+    },
+    closed,
+    socket,
+  };
+}
+
+const STREAM_HEADERS = {
+  'content-type': 'text/html; charset=utf-8',
+  'cache-control': 'no-cache, no-transform',
+  'x-accel-buffering': 'no',
+  'x-content-type-options': 'nosniff',
+};
+
+test('GET /stream answers 200 with the streaming headers, chunked, and an HTML preamble', async (t) => {
+  const client = await openStream(server.streamUrl);
+  t.after(() => client.close());
+  assert.equal(client.res.statusCode, 200);
+  for (const [name, value] of Object.entries(STREAM_HEADERS)) {
+    assert.equal(client.res.headers[name], value, name);
+  }
+  assert.equal(client.res.headers['transfer-encoding'], 'chunked');
+  assert.equal(client.res.headers['content-length'], undefined);
+  await client.waitFor((text) => text.includes('<body>'), 'the preamble');
+  assert.match(client.text, /^<!doctype html>\n<html lang="en"><head><meta charset="utf-8">/);
+  // PAD_BYTES of padding, once, in the preamble only.
+  assert.match(client.text, /<!-- {292}-->\n$/);
+  const [id] = await db.insert('first', 'second');
+  await client.waitForIds([id as string, String(Number(id) + 1)]);
+  assert.equal(client.text.match(/<!--/g)?.length, 1, 'no padding per message');
+});
+
+test('a query string does not change the route', async (t) => {
+  const client = await openStream(new URL('/stream?room=1', server.url));
+  t.after(() => client.close());
+  assert.equal(client.res.statusCode, 200);
+});
+
+test('HEAD /stream has the same headers and no body', async () => {
+  await waitUntil(() => server.app.hub.size === 0, 'streams of earlier tests to close');
+  const answer = await request('/stream', 'HEAD');
+  assert.equal(answer.status, 200);
+  for (const [name, value] of Object.entries(STREAM_HEADERS)) {
+    assert.equal(answer.headers[name], value, name);
+  }
+  assert.equal(answer.body, '');
+  assert.equal(server.app.hub.size, 0, 'HEAD opens no stream');
+});
+
+test('GET /healthz answers 200 with JSON while polling works', async () => {
+  const answer = await request('/healthz');
+  assert.equal(answer.status, 200);
+  assert.equal(answer.headers['content-type'], 'application/json');
+  const body = JSON.parse(answer.body);
+  assert.equal(body.status, 'ok');
+  assert.equal(body.poll, 'ok');
+  assert.equal(typeof body.lastPollAgeMs, 'number');
+  assert.equal(body.pendingMarks, 0);
+  assert.equal(typeof body.streams, 'number');
+});
+
+test('unknown paths get 404 with a small plain-text body', async () => {
+  for (const path of ['/', '/nope', '/stream/extra', '/STREAM']) {
+    const answer = await request(path);
+    assert.equal(answer.status, 404, path);
+    assert.equal(answer.headers['content-type'], 'text/plain; charset=utf-8');
+    assert.equal(answer.body, 'not found\n');
+  }
+});
+
+test('other methods get 405 with Allow', async () => {
+  for (const [path, method] of [
+    ['/stream', 'POST'],
+    ['/stream', 'DELETE'],
+    ['/healthz', 'PUT'],
+  ] as const) {
+    const answer = await request(path, method);
+    assert.equal(answer.status, 405, `${method} ${path}`);
+    assert.equal(answer.headers.allow, 'GET, HEAD');
+    assert.equal(answer.body, 'method not allowed\n');
+  }
+});
+
+test('malformed requests get a 4xx, and the server keeps serving', async () => {
+  const garbage = rawClient('HELLO THERE\r\n\r\n');
+  await garbage.closed;
+  assert.match(garbage.received, /^HTTP\/1\.1 400 /);
+  const star = rawClient('OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+  await star.closed;
+  assert.match(star.received, /^HTTP\/1\.1 400 /);
+  const absolute = rawClient(
+    `GET http://x/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`,
+  );
+  await absolute.closed;
+  assert.match(absolute.received, /^HTTP\/1\.1 200 /);
+  assert.equal((await request('/healthz')).status, 200);
+});
+
+test('an HTTP/1.0 client gets a close-delimited body that still streams', async (t) => {
+  const client = rawClient('GET /stream HTTP/1.0\r\n\r\n');
+  t.after(() => client.socket.destroy());
+  await waitUntil(() => client.received.includes('<body>'), 'the preamble');
+  const head = client.received.slice(0, client.received.indexOf('\r\n\r\n'));
+  assert.match(head, /^HTTP\/1\.1 200 OK/);
+  assert.match(head, /\r\nConnection: close/i);
+  assert.doesNotMatch(head, /Transfer-Encoding/i);
+  assert.doesNotMatch(head, /Content-Length/i);
+  const [id] = await db.insert('for an old client');
+  await waitUntil(
+    () => client.received.includes(`<div class="msg" data-id="${id}">for an old client</div>\n`),
+    'the row on the HTTP/1.0 stream',
+  );
+  // No chunk-size lines: the fragment follows the preamble as plain bytes.
+  assert.doesNotMatch(client.received.slice(head.length + 4), /\r\n[0-9a-f]+\r\n/);
+});
+
+test('a disconnecting client leaves the hub at once', async () => {
+  await waitUntil(() => server.app.hub.size === 0, 'streams of earlier tests to close');
+  const client = await openStream(server.streamUrl);
+  await waitUntil(() => server.app.hub.size === 1, 'the stream in the hub');
+  client.close();
+  await waitUntil(() => server.app.hub.size === 0, 'the stream to leave the hub');
+});

@@ -1,0 +1,160 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { createTestDb, type TestDb } from './helpers/db.js';
+import { openStream } from './helpers/stream.js';
+import { waitUntil } from './helpers/wait.js';
+
+// The rowcast process as an operator runs it: `node dist/src/main.js`, configured by env and .env.
+
+const MAIN = fileURLToPath(new URL('../src/main.js', import.meta.url));
+
+let db: TestDb;
+before(async () => {
+  db = await createTestDb('main');
+});
+after(async () => {
+  await db.drop();
+});
+
+interface Run {
+  readonly child: ChildProcess;
+  readonly stdout: string;
+  readonly stderr: string;
+  /** Parsed JSON log lines so far. */
+  logs(): Record<string, unknown>[];
+  readonly exited: Promise<number | null>;
+}
+
+function run(env: Record<string, string>, cwd = tmpdir()): Run {
+  const child = spawn(process.execPath, [MAIN], {
+    cwd,
+    env: { PATH: process.env.PATH ?? '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+    stdout += chunk;
+  });
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
+    stderr += chunk;
+  });
+  const exited = once(child, 'exit').then(([code]) => code as number | null);
+  return {
+    child,
+    get stdout() {
+      return stdout;
+    },
+    get stderr() {
+      return stderr;
+    },
+    logs: () =>
+      stdout
+        .split('\n')
+        .filter((line) => line !== '')
+        .map((line) => JSON.parse(line) as Record<string, unknown>),
+    exited,
+  };
+}
+
+async function started(proc: Run): Promise<URL> {
+  const entry = await waitUntil(
+    () => proc.logs().find((e) => e.event === 'server.listening'),
+    'the listening log line',
+  );
+  return new URL(entry.url as string);
+}
+
+test('bad configuration exits 1 with one line naming the variable', async () => {
+  const cases: [Record<string, string>, string][] = [
+    [{ PORT: 'abc' }, 'PORT="abc"'],
+    [{ POLL_INTERVAL_MS: '0' }, 'POLL_INTERVAL_MS="0"'],
+    [{ DATABASE_URL: 'mysql//broken' }, 'DATABASE_URL="mysql//broken"'],
+    [{ MSG_TABLE: 'msg`; drop table x' }, 'MSG_TABLE="msg`; drop table x"'],
+  ];
+  for (const [env, named] of cases) {
+    const proc = run(env);
+    assert.equal(await proc.exited, 1, JSON.stringify(env));
+    const lines = proc.stderr.split('\n').filter((line) => line !== '');
+    assert.equal(lines.length, 1, proc.stderr);
+    assert.ok(lines[0]?.startsWith('rowcast: invalid configuration: '), lines[0]);
+    assert.ok(lines[0]?.includes(named), lines[0]);
+    assert.equal(proc.stdout, '');
+  }
+});
+
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  test(`${signal} ends every stream cleanly and exits 0`, async (t) => {
+    const proc = run({ DATABASE_URL: db.url, PORT: '0', POLL_INTERVAL_MS: '50' });
+    t.after(() => proc.child.kill('SIGKILL'));
+    const url = await started(proc);
+    assert.equal(url.pathname, '/stream');
+    const clients = await Promise.all([openStream(url), openStream(url)]);
+    const [id] = await db.insert(`before ${signal}`);
+    for (const client of clients) await client.waitForIds([id as string]);
+    proc.child.kill(signal);
+    for (const client of clients) {
+      await client.ended; // a clean end of the chunked body, not a reset
+      assert.match(client.text, /<!-- rowcast: server shutting down -->\n<\/body><\/html>\n$/);
+    }
+    assert.equal(await proc.exited, 0);
+    const events = proc.logs().map((e) => e.event);
+    assert.ok(events.includes('shutdown.start'));
+    assert.equal(events.at(-1), 'shutdown.done');
+    assert.equal(proc.stderr, '');
+  });
+}
+
+test('every stdout line is a pino JSON event with a stable event field', async (t) => {
+  const proc = run({ DATABASE_URL: db.url, PORT: '0', POLL_INTERVAL_MS: '50' });
+  t.after(() => proc.child.kill('SIGKILL'));
+  const url = await started(proc);
+  const client = await openStream(url);
+  const [id] = await db.insert('logged');
+  await client.waitForIds([id as string]);
+  await waitUntil(() => proc.logs().some((e) => e.event === 'poll.batch'), 'a poll.batch line');
+  proc.child.kill('SIGTERM');
+  await proc.exited;
+  for (const entry of proc.logs()) {
+    assert.equal(typeof entry.event, 'string', JSON.stringify(entry));
+    assert.equal(typeof entry.time, 'string');
+    assert.equal(typeof entry.level, 'string');
+    assert.equal(typeof entry.msg, 'string');
+  }
+  const batch = proc.logs().find((e) => e.event === 'poll.batch');
+  assert.equal(batch?.rows, 1);
+  assert.equal(batch?.streams, 1);
+});
+
+test('settings come from .env, and the environment wins over it', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'rowcast-env-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  await writeFile(
+    join(dir, '.env'),
+    `DATABASE_URL=${db.url}\nMSG_TABLE=from_dotenv\nPORT=1\nPOLL_INTERVAL_MS=50\n`,
+  );
+  const proc = run({ PORT: '0' }, dir);
+  t.after(() => proc.child.kill('SIGKILL'));
+  await started(proc);
+  const listening = proc.logs().find((e) => e.event === 'server.listening');
+  assert.equal(listening?.table, 'from_dotenv');
+  assert.notEqual(new URL(listening?.url as string).port, '1');
+  proc.child.kill('SIGTERM');
+  assert.equal(await proc.exited, 0);
+});
+
+test('a table without the flag column stops the start with a clear error, exit 1', async (t) => {
+  await db.query('CREATE TABLE legacy (id INT PRIMARY KEY, content TEXT)');
+  const proc = run({ DATABASE_URL: db.url, PORT: '0', MSG_TABLE: 'legacy' });
+  t.after(() => proc.child.kill('SIGKILL'));
+  assert.equal(await proc.exited, 1);
+  const failure = proc.logs().find((e) => e.event === 'start.failed');
+  assert.equal(failure?.code, 'ROWCAST_SCHEMA_INVALID');
+  assert.match(String(failure?.msg), /no column flag/);
+});
