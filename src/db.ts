@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import mysql from 'mysql2/promise';
 import type { Config } from './config.js';
 import { DbAccessError, SchemaError } from './errors.js';
@@ -124,7 +125,8 @@ export function createDb(config: Config, logger: Logger): Db {
     },
 
     async close() {
-      await pool.end();
+      // A connection to a host that stopped answering would hold pool.end() forever.
+      await Promise.race([pool.end(), sleep(CONNECT_TIMEOUT_MS, undefined, { ref: false })]);
     },
   };
 }
