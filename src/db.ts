@@ -10,12 +10,24 @@ import type { Row } from './transports/transport.js';
 export interface Db {
   /** Creates the table when missing and checks that an existing one has the columns we need. */
   ensureSchema(): Promise<void>;
-  /** The oldest rows with `flag = 0`, at most `limit`, in id order. */
-  fetchPending(limit: number): Promise<Row[]>;
+  /**
+   * The oldest rows with `flag = 0` in id order: at most `limit`, and no more content than
+   * BATCH_MAX_BYTES (always at least one row). `more` is true when a bound stopped the read.
+   */
+  fetchPending(limit: number): Promise<Batch>;
   /** Sets `flag = 1` on exactly these rows. */
   markDelivered(ids: readonly string[]): Promise<void>;
   close(): Promise<void>;
 }
+
+export interface Batch {
+  readonly rows: Row[];
+  readonly more: boolean;
+}
+
+// Content bytes per batch. Escaping can make a batch six times larger and a JS string holds at
+// most ~512 M characters: BATCH_SIZE rows of MAX_CONTENT_BYTES each must not become one frame.
+export const BATCH_MAX_BYTES = 8 * 1024 * 1024;
 
 // A query on a connection that stopped answering (a network black hole) would otherwise wait for
 // the kernel's TCP timeout, minutes; the tick must fail and back off instead.
@@ -48,13 +60,23 @@ export function createDb(config: Config, logger: Logger): Db {
   });
   const table = `\`${config.msgTable}\``;
   const max = config.maxContentBytes;
-  // The content is converted to UTF-8 on the server (tables in latin1 exist), cut to
-  // MAX_CONTENT_BYTES there so a huge row never crosses the wire whole, and sent as bytes so the
-  // cut may fall inside a character: decode() below drops such a partial tail.
-  const selectPending = `SELECT id,
-      LEFT(CAST(CONVERT(content USING utf8mb4) AS BINARY), ${max}) AS content,
-      OCTET_LENGTH(CONVERT(content USING utf8mb4)) AS bytes
-    FROM ${table} WHERE flag = 0 ORDER BY id LIMIT ?`;
+  // One statement, however large the rows. Innermost: the next BATCH_SIZE pending ids and their
+  // sizes. Then a running total, so only the rows within BATCH_MAX_BYTES come back. Content is
+  // converted to UTF-8 on the server (latin1 tables exist), cut to MAX_CONTENT_BYTES there so a
+  // huge row never crosses the wire whole, and sent as bytes so the cut may fall inside a
+  // character: decode() below drops such a partial tail.
+  const utf8 = (column: string) => `CONVERT(${column} USING utf8mb4)`;
+  const selectPending = `SELECT b.id, b.bytes, b.upto,
+      LEFT(CAST(${utf8('m.content')} AS BINARY), ${max}) AS content
+    FROM (
+      SELECT p.id, p.bytes, SUM(LEAST(p.bytes, ${max})) OVER (ORDER BY p.id) AS upto
+      FROM (
+        SELECT id, COALESCE(OCTET_LENGTH(${utf8('content')}), 0) AS bytes
+        FROM ${table} WHERE flag = 0 ORDER BY id LIMIT ?
+      ) AS p
+    ) AS b JOIN ${table} AS m ON m.id = b.id
+    WHERE b.upto - LEAST(b.bytes, ${max}) < ${BATCH_MAX_BYTES}
+    ORDER BY b.id`;
 
   async function run<T>(sql: string, values: unknown[] = []): Promise<T> {
     const conn = await pool.getConnection();
@@ -96,11 +118,11 @@ export function createDb(config: Config, logger: Logger): Db {
     },
 
     async fetchPending(limit) {
-      const rows = await run<{ id: unknown; content: Buffer | null; bytes: unknown }[]>(
-        selectPending,
-        [limit],
-      );
-      return rows.map((raw) => {
+      const found = await run<PendingRow[]>(selectPending, [limit]);
+      const last = found[found.length - 1];
+      const more =
+        found.length === limit || (last !== undefined && Number(last.upto) >= BATCH_MAX_BYTES);
+      const rows = found.map((raw) => {
         const row: Row = {
           id: String(raw.id),
           content: raw.content === null ? null : decode(raw.content),
@@ -116,6 +138,7 @@ export function createDb(config: Config, logger: Logger): Db {
         }
         return row;
       });
+      return { rows, more };
     },
 
     async markDelivered(ids) {
@@ -129,6 +152,15 @@ export function createDb(config: Config, logger: Logger): Db {
       await Promise.race([pool.end(), sleep(CONNECT_TIMEOUT_MS, undefined, { ref: false })]);
     },
   };
+}
+
+interface PendingRow {
+  readonly id: unknown;
+  readonly content: Buffer | null;
+  /** Size of the whole content in UTF-8 bytes (0 for NULL). */
+  readonly bytes: unknown;
+  /** Running total of the (cut) content sizes up to this row. */
+  readonly upto: unknown;
 }
 
 function schemaSql(tableName: string): string {

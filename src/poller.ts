@@ -60,7 +60,7 @@ export function createPoller(options: PollerOptions): Poller {
   // Ticks run one after another, never overlapping, whoever asks for them.
   let queue: Promise<unknown> = Promise.resolve();
 
-  /** Returns true when the batch was full, i.e. more rows are probably waiting. */
+  /** Returns true when the batch was full (rows or bytes), i.e. more rows are probably waiting. */
   async function tick(): Promise<boolean> {
     const started = Date.now();
     if (unmarked.length > 0) {
@@ -68,7 +68,7 @@ export function createPoller(options: PollerOptions): Poller {
       log.info({ event: 'mark.retried', rows: unmarked.length }, 'delayed mark succeeded');
       unmarked = [];
     }
-    const batch = await db.fetchPending(batchSize);
+    const { rows: batch, more } = await db.fetchPending(batchSize);
     if (batch.length === 0) {
       log.debug({ event: 'poll.empty' }, 'no new rows');
       return false;
@@ -88,7 +88,7 @@ export function createPoller(options: PollerOptions): Poller {
       },
       'batch delivered',
     );
-    return batch.length === batchSize;
+    return more;
   }
 
   function runTick(): Promise<boolean> {
@@ -128,7 +128,7 @@ export function createPoller(options: PollerOptions): Poller {
     failingSince = Date.now();
     log.error(
       { event: 'poll.failed', err, pendingMarks: unmarked.length },
-      'database error; streams stay open, retrying with backoff',
+      'tick failed; streams stay open, retrying with backoff',
     );
   }
 
