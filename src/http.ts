@@ -1,7 +1,8 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Config } from './config.js';
-import type { Hub } from './hub.js';
+import { createFront, type StreamRequest } from './front.js';
+import { chunk, type Hub } from './hub.js';
 import type { Logger } from './log.js';
 import type { Transport } from './transports/transport.js';
 
@@ -48,10 +49,18 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     noDelay: true,
   });
 
+  const streamRoutes = new Map<string, Transport>([['/stream', deps.html]]);
   const routes: Record<string, Record<string, Handler>> = {
     '/stream': { GET: openStream(deps.html), HEAD: openStream(deps.html) },
     '/healthz': { GET: healthz, HEAD: healthz },
   };
+  // The front serves new streams on bare sockets whenever it can; requests it passes on
+  // (including a stream asked for on a kept-alive connection) take the node:http path below.
+  const front = createFront({
+    http: server,
+    takes: (path) => streamRoutes.has(path) && acceptsStream(),
+    open: openBareStream,
+  });
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const path = pathOf(req.url ?? '');
@@ -65,6 +74,10 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     handler(req, res);
   });
 
+  function acceptsStream(): boolean {
+    return !closing && hub.size < config.maxStreams;
+  }
+
   function openStream(transport: Transport): Handler {
     return (req, res) => {
       if (closing) {
@@ -74,10 +87,11 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
         res.writeHead(200, transport.headers).end();
         return;
       }
-      if (hub.size >= config.maxStreams) {
+      if (!acceptsStream()) {
         // Logged when the limit is reached, not for every refused client.
-        if (!full)
+        if (!full) {
           log.warn({ event: 'stream.rejected', limit: config.maxStreams }, 'MAX_STREAMS reached');
+        }
         full = true;
         return reply(res, 503, 'too many open streams\n', { 'Retry-After': RETRY_AFTER_S });
       }
@@ -85,8 +99,20 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
       req.socket.setTimeout(0);
       res.writeHead(200, transport.headers);
       res.write(transport.preamble);
-      hub.add(res, transport);
+      hub.add(res, transport, 'raw');
     };
+  }
+
+  function openBareStream(socket: Socket, request: StreamRequest): void {
+    const transport = streamRoutes.get(request.path) as Transport;
+    full = false;
+    const head = responseHead(transport, request.http11);
+    socket.write(
+      request.http11
+        ? Buffer.concat([head, chunk(transport.preamble)])
+        : Buffer.concat([head, transport.preamble]),
+    );
+    hub.add(socket, transport, request.http11 ? 'chunked' : 'raw');
   }
 
   function healthz(_req: IncomingMessage, res: ServerResponse): void {
@@ -99,10 +125,10 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
   return {
     listen() {
       return new Promise((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(config.port, config.host, () => {
-          server.off('error', reject);
-          const { address, port } = server.address() as AddressInfo;
+        front.once('error', reject);
+        front.listen(config.port, config.host, () => {
+          front.off('error', reject);
+          const { address, port } = front.address() as AddressInfo;
           const host = address.includes(':') ? `[${address}]` : address;
           resolve(new URL(`http://${host}:${port}/`));
         });
@@ -110,14 +136,27 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     },
     close(graceMs) {
       closing = true;
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // Resolves once every connection the front accepted has closed, handed-over ones included.
+      const closed = new Promise<void>((resolve) => front.close(() => resolve()));
       hub.closeAll();
       server.closeIdleConnections();
-      const grace = setTimeout(() => server.closeAllConnections(), graceMs);
+      const grace = setTimeout(() => {
+        hub.destroyAll();
+        server.closeAllConnections();
+      }, graceMs);
       return closed.finally(() => clearTimeout(grace));
     },
     server,
   };
+}
+
+/** The status line and headers of a stream served on a bare socket, as node:http would write them. */
+function responseHead(transport: Transport, http11: boolean): Buffer {
+  const lines = ['HTTP/1.1 200 OK'];
+  for (const [name, value] of Object.entries(transport.headers)) lines.push(`${name}: ${value}`);
+  lines.push(`Date: ${new Date().toUTCString()}`);
+  lines.push(http11 ? 'Transfer-Encoding: chunked' : 'Connection: close');
+  return Buffer.from(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
 }
 
 /** The path of an origin-form (`/stream?x`) or absolute-form (`http://h/stream`) target. */

@@ -1,11 +1,30 @@
-import type { ServerResponse } from 'node:http';
 import type { Logger } from './log.js';
 import type { Transport } from './transports/transport.js';
 
-/** The open streams, grouped by transport, and the one place that writes to them. */
+/**
+ * An open stream as the hub sees it: a bare socket (served by the front) or a node:http response.
+ * Both are writable streams that emit 'close' once.
+ */
+export interface Stream {
+  write(chunk: Buffer): boolean;
+  end(chunk: Buffer): unknown;
+  destroy(): unknown;
+  readonly writableLength: number;
+  on(event: 'close', listener: (this: Stream) => void): unknown;
+  on(event: 'error', listener: (this: Stream, err: Error) => void): unknown;
+}
+
+/**
+ * How the hub frames bytes for a stream: `chunked` for a bare HTTP/1.1 socket (the hub writes the
+ * chunk framing), `raw` where nothing is added (HTTP/1.0 sockets, and node:http responses, which
+ * frame themselves).
+ */
+export type Framing = 'chunked' | 'raw';
+
+/** The open streams, grouped by transport and framing, and the one place that writes to them. */
 export interface Hub {
   /** Adds an open stream (its preamble already written); it leaves by itself on disconnect. */
-  add(res: ServerResponse, transport: Transport): void;
+  add(stream: Stream, transport: Transport, framing: Framing): void;
   /**
    * Writes `frame(transport)` to every open stream of each transport that has any. `frame` is
    * called once per transport, never per stream. Returns the number of streams written to.
@@ -13,72 +32,117 @@ export interface Hub {
   broadcast(frame: (transport: Transport) => Buffer): number;
   /** Open streams right now. */
   readonly size: number;
-  /** Ends every stream with its transport's closing frame and stops the heartbeat. */
+  /**
+   * Ends every stream with its transport's closing frame and stops the heartbeat. Streams stay
+   * counted until they have closed.
+   */
   closeAll(): void;
+  /** Destroys the streams that are still open (after closeAll, when the grace time is over). */
+  destroyAll(): void;
 }
 
 export interface HubOptions {
-  /** A stream with more unsent bytes than this when a write comes is cut off. */
+  /**
+   * A stream is cut off when, at a write, more than this many bytes are still unsent, beyond
+   * the largest frame of the last BURST_WINDOW_MS.
+   */
   readonly maxBufferedBytes: number;
   /** Idle streams get the transport's heartbeat this often. */
   readonly heartbeatMs: number;
   readonly logger: Logger;
 }
 
+// A client reading at a modest rate needs a while to take in one big frame (a megabyte row of
+// quotes escapes to six): the frame does not count against MAX_BUFFERED_BYTES for this long.
+const BURST_WINDOW_MS = 10_000;
+const LAST_CHUNK = Buffer.from('0\r\n\r\n');
+
+interface Group {
+  readonly transport: Transport;
+  readonly chunked: boolean;
+  readonly streams: Set<Stream>;
+  /** The largest frame written within BURST_WINDOW_MS, and when. */
+  burstBytes: number;
+  burstAt: number;
+}
+
 export function createHub(options: HubOptions): Hub {
   const { maxBufferedBytes, heartbeatMs } = options;
   const log = options.logger.child({ mod: 'hub' });
-  const groups = new Map<Transport, Set<ServerResponse>>();
+  const groups: Group[] = [];
   let lastWriteAt = Date.now();
   let heartbeatTimer: NodeJS.Timeout | null = null;
 
   // One listener function shared by every stream: nothing is allocated per stream to remove it.
-  function onClose(this: ServerResponse): void {
-    for (const streams of groups.values()) {
-      if (streams.delete(this)) log.debug({ event: 'stream.close', streams: size() }, 'closed');
+  function onClose(this: Stream): void {
+    for (const group of groups) {
+      if (group.streams.delete(this))
+        log.debug({ event: 'stream.close', streams: size() }, 'closed');
     }
   }
-  function onError(this: ServerResponse, err: Error): void {
+  function onError(this: Stream, err: Error): void {
     log.debug({ event: 'stream.error', err }, 'stream error');
   }
 
   function size(): number {
     let n = 0;
-    for (const streams of groups.values()) n += streams.size;
+    for (const group of groups) n += group.streams.size;
     return n;
   }
 
+  function groupOf(transport: Transport, chunked: boolean): Group {
+    let group = groups.find((g) => g.transport === transport && g.chunked === chunked);
+    if (group === undefined) {
+      group = { transport, chunked, streams: new Set(), burstBytes: 0, burstAt: 0 };
+      groups.push(group);
+    }
+    return group;
+  }
+
   function writeAll(frame: (transport: Transport) => Buffer): number {
+    const now = Date.now();
+    const frames = new Map<Transport, Buffer>();
     let written = 0;
-    for (const [transport, streams] of groups) {
-      if (streams.size === 0) continue;
-      const bytes = frame(transport);
-      for (const res of streams) {
-        if (res.writableLength > maxBufferedBytes) {
-          cut(res, transport, streams);
+    for (const group of groups) {
+      if (group.streams.size === 0) continue;
+      let bytes = frames.get(group.transport);
+      if (bytes === undefined) {
+        bytes = frame(group.transport);
+        frames.set(group.transport, bytes);
+      }
+      // An empty chunk would end an HTTP/1.1 body.
+      if (bytes.length === 0) continue;
+      if (group.chunked) bytes = chunk(bytes);
+      if (now - group.burstAt > BURST_WINDOW_MS || bytes.length >= group.burstBytes) {
+        group.burstBytes = bytes.length;
+        group.burstAt = now;
+      }
+      const limit = maxBufferedBytes + group.burstBytes;
+      for (const stream of group.streams) {
+        if (stream.writableLength > limit) {
+          cut(stream, group);
         } else {
-          res.write(bytes);
+          stream.write(bytes);
           written++;
         }
       }
     }
-    lastWriteAt = Date.now();
+    lastWriteAt = now;
     return written;
   }
 
-  function cut(res: ServerResponse, transport: Transport, streams: Set<ServerResponse>): void {
+  function cut(stream: Stream, group: Group): void {
     log.info(
       {
         event: 'stream.cut',
-        transport: transport.name,
-        buffered: res.writableLength,
+        transport: group.transport.name,
+        buffered: stream.writableLength,
         limit: maxBufferedBytes,
-        remote: res.socket?.remoteAddress,
       },
       'slow consumer cut off',
     );
-    streams.delete(res);
-    res.destroy();
+    group.streams.delete(stream);
+    stream.destroy();
   }
 
   // One timer for the whole hub. It fires HEARTBEAT_MS after the last write to all streams, so a
@@ -95,15 +159,10 @@ export function createHub(options: HubOptions): Hub {
   scheduleHeartbeat();
 
   return {
-    add(res, transport) {
-      let streams = groups.get(transport);
-      if (streams === undefined) {
-        streams = new Set();
-        groups.set(transport, streams);
-      }
-      streams.add(res);
-      res.on('close', onClose);
-      res.on('error', onError);
+    add(stream, transport, framing) {
+      groupOf(transport, framing === 'chunked').streams.add(stream);
+      stream.on('close', onClose);
+      stream.on('error', onError);
       log.debug({ event: 'stream.open', transport: transport.name, streams: size() }, 'opened');
     },
     broadcast: writeAll,
@@ -113,10 +172,22 @@ export function createHub(options: HubOptions): Hub {
     closeAll() {
       if (heartbeatTimer !== null) clearTimeout(heartbeatTimer);
       heartbeatTimer = null;
-      for (const [transport, streams] of groups) {
-        for (const res of streams) res.end(transport.closing);
-        streams.clear();
+      for (const group of groups) {
+        const closing = group.transport.closing;
+        const last = group.chunked ? Buffer.concat([chunk(closing), LAST_CHUNK]) : closing;
+        for (const stream of group.streams) stream.end(last);
+      }
+    },
+    destroyAll() {
+      for (const group of groups) {
+        for (const stream of group.streams) stream.destroy();
       }
     },
   };
 }
+
+/** `bytes` as one HTTP/1.1 chunk. */
+export function chunk(bytes: Buffer): Buffer {
+  return Buffer.concat([Buffer.from(`${bytes.length.toString(16)}\r\n`), bytes, CRLF]);
+}
+const CRLF = Buffer.from('\r\n');

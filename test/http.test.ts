@@ -172,3 +172,21 @@ test('a disconnecting client leaves the hub at once', async () => {
   client.close();
   await waitUntil(() => server.app.hub.size === 0, 'the stream to leave the hub');
 });
+
+test('a stream asked for on a kept-alive connection is served by node:http alike', async (t) => {
+  // The front serves only the first request of a connection; later ones reach node:http.
+  const client = rawClient('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+  t.after(() => client.socket.destroy());
+  await waitUntil(() => client.received.includes('"status":"ok"'), 'the healthz answer');
+  client.socket.write('GET /stream HTTP/1.1\r\nHost: x\r\n\r\n');
+  await waitUntil(() => client.received.includes('<body>'), 'the preamble');
+  const second = client.received.slice(client.received.indexOf('HTTP/1.1 200 OK', 10));
+  assert.match(second, /^HTTP\/1\.1 200 OK\r\n/);
+  assert.match(second, /\r\nContent-Type: text\/html; charset=utf-8\r\n/i);
+  assert.match(second, /\r\nTransfer-Encoding: chunked\r\n/i);
+  const [id] = await db.insert('via node:http');
+  await waitUntil(
+    () => client.received.includes(`<div class="msg" data-id="${id}">via node:http</div>\n`),
+    'the row on the kept-alive connection',
+  );
+});

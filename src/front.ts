@@ -1,0 +1,93 @@
+import type http from 'node:http';
+import net from 'node:net';
+
+/** What the front read of a stream request it serves itself. */
+export interface StreamRequest {
+  readonly path: string;
+  /** The query string without `?`, or ''. */
+  readonly query: string;
+  /** HTTP/1.1 (chunked body) or HTTP/1.0 (body delimited by the close). */
+  readonly http11: boolean;
+  /** Header names lower-cased; the last value wins. */
+  readonly headers: ReadonlyMap<string, string>;
+}
+
+export interface FrontOptions {
+  /** Everything the front does not serve itself goes here, bytes already read included. */
+  readonly http: http.Server;
+  /** Whether a GET on `path` is a stream the front should serve on the bare socket right now. */
+  readonly takes: (path: string) => boolean;
+  /** Serves an accepted stream: write the response head and the preamble, then keep the socket. */
+  readonly open: (socket: net.Socket, request: StreamRequest) => void;
+}
+
+// Same bounds as node:http's defaults: 16 KiB of request head, 10 s to send it (slowloris).
+const MAX_HEAD_BYTES = 16 * 1024;
+const HEAD_TIMEOUT_MS = 10_000;
+const REQUEST_LINE = /^GET (\/[^ ?]*)(?:\?([^ ]*))? HTTP\/1\.([01])$/;
+
+/**
+ * The listening socket. It reads the first request head of each connection itself: a plain
+ * `GET` of a stream route is answered on the bare socket, which then holds nothing of node:http
+ * (no parser, request or response objects: a few KB less per stream, which is what lets one
+ * process hold tens of thousands). Anything else — other routes, other methods, bodies, odd
+ * heads, later requests on a kept-alive connection — goes to node:http untouched.
+ */
+export function createFront(options: FrontOptions): net.Server {
+  const { http, takes, open } = options;
+  return net.createServer({ noDelay: true }, (socket) => {
+    let head: Buffer = Buffer.alloc(0);
+    const onData = (chunk: Buffer) => {
+      head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+      const end = head.indexOf('\r\n\r\n');
+      if (end === -1 && head.length <= MAX_HEAD_BYTES) return;
+      stop();
+      const request = end === -1 ? null : parseHead(head.toString('latin1', 0, end));
+      if (request !== null && end + 4 === head.length && takes(request.path)) {
+        open(socket, request);
+      } else {
+        handOver(socket, head, http);
+      }
+    };
+    const onTimeout = () => socket.destroy();
+    const stop = () => {
+      socket.off('data', onData);
+      socket.off('timeout', onTimeout);
+      socket.setTimeout(0);
+    };
+    socket.on('data', onData);
+    socket.setTimeout(HEAD_TIMEOUT_MS, onTimeout);
+    socket.on('error', ignore);
+  });
+}
+
+function handOver(socket: net.Socket, head: Buffer, http: http.Server): void {
+  socket.off('error', ignore);
+  socket.pause();
+  socket.unshift(head);
+  http.emit('connection', socket);
+  socket.resume();
+}
+
+/**
+ * A stream request the front may serve, or null. Heads that announce a body or an upgrade are
+ * left to node:http, which knows what to answer.
+ */
+function parseHead(text: string): StreamRequest | null {
+  const lines = text.split('\r\n');
+  const line = REQUEST_LINE.exec(lines[0] ?? '');
+  if (line === null) return null;
+  const headers = new Map<string, string>();
+  for (let i = 1; i < lines.length; i++) {
+    const header = lines[i] as string;
+    const colon = header.indexOf(':');
+    if (colon <= 0) return null;
+    headers.set(header.slice(0, colon).trim().toLowerCase(), header.slice(colon + 1).trim());
+  }
+  if (headers.has('content-length') || headers.has('transfer-encoding')) return null;
+  if (headers.has('upgrade') || headers.has('expect')) return null;
+  if (line[3] === '1' && !headers.has('host')) return null; // node:http answers 400
+  return { path: line[1] as string, query: line[2] ?? '', http11: line[3] === '1', headers };
+}
+
+function ignore(): void {}
