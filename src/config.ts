@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { ConfigError } from './errors.js';
 
 export interface DbConfig {
@@ -21,6 +22,7 @@ export interface Config {
   readonly maxBufferedBytes: number;
   readonly maxContentBytes: number;
   readonly logLevel: LogLevel;
+  readonly workers: number;
 }
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -69,6 +71,8 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     // A row larger than this is cut to this many bytes, so one hostile row cannot exhaust memory.
     maxContentBytes: int('MAX_CONTENT_BYTES', 1_048_576, 1, MEDIUMTEXT_MAX_BYTES),
     logLevel: parseLogLevel(read('LOG_LEVEL') ?? 'info', problems),
+    // One worker process per core; 1 serves from a single process (no cluster).
+    workers: int('WORKERS', availableParallelism(), 1, 64),
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

@@ -4,6 +4,7 @@ import type { Config } from './config.js';
 import { createFront, type StreamRequest } from './front.js';
 import { chunk, type Hub } from './hub.js';
 import type { Logger } from './log.js';
+import type { Transports } from './transports/index.js';
 import type { Transport } from './transports/transport.js';
 
 export interface HealthReport {
@@ -13,7 +14,7 @@ export interface HealthReport {
 
 export interface ServerDeps {
   readonly hub: Hub;
-  readonly html: Transport;
+  readonly transports: Transports;
   readonly health: () => HealthReport;
   readonly logger: Logger;
 }
@@ -49,9 +50,10 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     noDelay: true,
   });
 
-  const streamRoutes = new Map<string, Transport>([['/stream', deps.html]]);
+  const { html } = deps.transports;
+  const streamRoutes = new Map<string, Transport>([['/stream', html]]);
   const routes: Record<string, Record<string, Handler>> = {
-    '/stream': { GET: openStream(deps.html), HEAD: openStream(deps.html) },
+    '/stream': { GET: openStream(html), HEAD: openStream(html) },
     '/healthz': { GET: healthz, HEAD: healthz },
   };
   // The front serves new streams on bare sockets whenever it can; requests it passes on

@@ -1,5 +1,6 @@
 import dotenv from 'dotenv';
 import { createApp } from './app.js';
+import { createClusterPrimary } from './cluster.js';
 import { type Config, loadConfig } from './config.js';
 import { ConfigError, RowcastError } from './errors.js';
 import { createLogger } from './log.js';
@@ -17,7 +18,10 @@ try {
 }
 
 const logger = createLogger(config.logLevel);
-const app = createApp(config, logger);
+const app =
+  config.workers > 1
+    ? createClusterPrimary(config, logger, { env: process.env })
+    : createApp(config, logger);
 let stopping = false;
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {

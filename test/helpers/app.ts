@@ -1,5 +1,5 @@
 import { Writable } from 'node:stream';
-import { type App, createApp } from '../../src/app.js';
+import { createApp, type SingleApp } from '../../src/app.js';
 import { loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
 import { waitUntil } from './wait.js';
@@ -18,7 +18,7 @@ export interface LogRecorder {
 }
 
 export interface TestApp {
-  readonly app: App;
+  readonly app: SingleApp;
   /** Base URL, e.g. http://127.0.0.1:39123/ */
   readonly url: URL;
   /** The URL of GET /stream. */
@@ -40,6 +40,7 @@ export async function startApp(
     PORT: '0',
     POLL_INTERVAL_MS: '50',
     LOG_LEVEL: 'debug',
+    WORKERS: '1',
     ...env,
   });
   const logs = createLogRecorder();

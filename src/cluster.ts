@@ -1,0 +1,291 @@
+import cluster, { type Worker } from 'node:cluster';
+import { fileURLToPath } from 'node:url';
+import { type App, logListening, SHUTDOWN_GRACE_MS } from './app.js';
+import type { Config } from './config.js';
+import { createServer } from './http.js';
+import { createHub } from './hub.js';
+import type { Logger } from './log.js';
+import type { PollerHealth } from './poller.js';
+import { createPolling, healthReport } from './polling.js';
+import { createTransports, frameAll } from './transports/index.js';
+
+/** Primary → worker. */
+type ToWorker =
+  | { readonly t: 'batch'; readonly seq: number; readonly frames: Map<string, Uint8Array> }
+  | { readonly t: 'health'; readonly poll: PollerHealth; readonly streams: number }
+  | { readonly t: 'close' };
+
+/** Worker → primary. */
+type ToPrimary =
+  | { readonly t: 'ready'; readonly url: string }
+  | { readonly t: 'ack'; readonly seq: number; readonly written: number }
+  | { readonly t: 'streams'; readonly n: number };
+
+export interface ClusterOptions {
+  /** Environment for the workers (they read their configuration from it, as main does). */
+  readonly env: Readonly<Record<string, string | undefined>>;
+  /** Receives the workers' log lines; without it they write to this process's stdout. */
+  readonly workerOutput?: (line: string) => void;
+}
+
+// A worker that has not written a batch within this time is stuck: it is killed and replaced, so
+// one frozen process cannot hold back the marks of all the others.
+const ACK_TIMEOUT_MS = 10_000;
+// A worker that dies is replaced after this long (doubled while replacements keep dying young).
+const RESPAWN_MS = 500;
+const MAX_RESPAWN_MS = 10_000;
+const WORKER_ENTRY = fileURLToPath(new URL('./worker.js', import.meta.url));
+
+interface Live {
+  readonly worker: Worker;
+  ready: boolean;
+  streams: number;
+  startedAt: number;
+}
+
+/**
+ * The multi-process server (WORKERS > 1). The primary owns the database pool and the poller; each
+ * batch is framed once and handed to every worker once over IPC; the workers own the sockets
+ * (node:cluster shares the listening port). A batch is marked only after every live worker has
+ * written it; a worker that dies is replaced and its clients reconnect.
+ */
+export function createClusterPrimary(config: Config, logger: Logger, options: ClusterOptions): App {
+  const log = logger.child({ mod: 'cluster' });
+  const transports = createTransports(config);
+  const live = new Map<number, Live>();
+  const waiting = new Map<number, { pending: Set<number>; written: number; done: () => void }>();
+  let seq = 0;
+  let closing = false;
+  let closed: Promise<void> | null = null;
+  let respawnMs = RESPAWN_MS;
+  let onFirstReady: ((url: URL) => void) | null = null;
+  let onNoneReady: ((err: Error) => void) | null = null;
+
+  const polling = createPolling(config, logger, deliver);
+
+  cluster.setupPrimary({
+    exec: WORKER_ENTRY,
+    serialization: 'advanced',
+    silent: options.workerOutput !== undefined,
+  });
+
+  function fork(): void {
+    const env = Object.fromEntries(
+      Object.entries(options.env).filter(
+        (entry): entry is [string, string] => entry[1] !== undefined,
+      ),
+    );
+    const worker = cluster.fork(env);
+    const entry: Live = { worker, ready: false, streams: 0, startedAt: Date.now() };
+    live.set(worker.id, entry);
+    if (options.workerOutput !== undefined) {
+      for (const output of [worker.process.stdout, worker.process.stderr]) {
+        let rest = '';
+        output?.setEncoding('utf8').on('data', (chunk: string) => {
+          const lines = (rest + chunk).split('\n');
+          rest = lines.pop() ?? '';
+          for (const line of lines) if (line !== '') options.workerOutput?.(line);
+        });
+      }
+    }
+    worker.on('message', (message: ToPrimary) => onMessage(entry, message));
+    worker.on('exit', (code, signal) => onExit(entry, code, signal));
+  }
+
+  function onMessage(entry: Live, message: ToPrimary): void {
+    switch (message.t) {
+      case 'ready':
+        entry.ready = true;
+        respawnMs = RESPAWN_MS;
+        sendHealth();
+        onFirstReady?.(new URL(message.url));
+        onFirstReady = null;
+        onNoneReady = null;
+        break;
+      case 'ack':
+        entry.streams = message.written;
+        settle(message.seq, entry.worker.id, message.written);
+        break;
+      case 'streams':
+        entry.streams = message.n;
+        break;
+    }
+  }
+
+  function onExit(entry: Live, code: number | null, signal: string | null): void {
+    live.delete(entry.worker.id);
+    // Its share of every batch in flight is settled: its clients are gone.
+    for (const id of [...waiting.keys()]) settle(id, entry.worker.id, 0);
+    if (closing) return;
+    if (onNoneReady !== null) {
+      // No worker ever listened (say, the port is taken): replacing them would fail alike.
+      onNoneReady(new Error(`worker exited before listening (code ${code}, signal ${signal})`));
+      onFirstReady = onNoneReady = null;
+      return;
+    }
+    const young = Date.now() - entry.startedAt < 5_000;
+    log.error(
+      { event: 'worker.exit', worker: entry.worker.id, code, signal, respawnInMs: respawnMs },
+      'worker died; starting a replacement',
+    );
+    setTimeout(() => {
+      if (!closing) fork();
+    }, respawnMs).unref();
+    respawnMs = young ? Math.min(respawnMs * 2, MAX_RESPAWN_MS) : RESPAWN_MS;
+  }
+
+  /** Hands a batch to every ready worker; resolves when all of them have written it. */
+  function deliver(batch: Parameters<typeof frameAll>[1]): Promise<number> {
+    const frames = frameAll(transports, batch);
+    const targets = [...live.values()].filter((entry) => entry.ready);
+    if (targets.length === 0) return Promise.resolve(0);
+    const id = ++seq;
+    return new Promise((resolve) => {
+      const state = {
+        pending: new Set(targets.map((entry) => entry.worker.id)),
+        written: 0,
+        done: () => {
+          clearTimeout(timer);
+          waiting.delete(id);
+          resolve(state.written);
+        },
+      };
+      waiting.set(id, state);
+      const timer = setTimeout(() => {
+        for (const workerId of state.pending) {
+          log.error(
+            { event: 'worker.stuck', worker: workerId, seq: id },
+            'worker did not write a batch; killing it',
+          );
+          live.get(workerId)?.worker.process.kill('SIGKILL');
+        }
+      }, ACK_TIMEOUT_MS);
+      const message: ToWorker = { t: 'batch', seq: id, frames };
+      for (const entry of targets) entry.worker.send(message);
+    }).finally(sendHealth) as Promise<number>;
+  }
+
+  function settle(id: number, workerId: number, written: number): void {
+    const state = waiting.get(id);
+    if (state === undefined || !state.pending.delete(workerId)) return;
+    state.written += written;
+    if (state.pending.size === 0) state.done();
+  }
+
+  function streams(): number {
+    let n = 0;
+    for (const entry of live.values()) n += entry.streams;
+    return n;
+  }
+
+  // Workers answer /healthz from the primary's view of the poller; they get it after every tick.
+  function sendHealth(): void {
+    const message: ToWorker = { t: 'health', poll: polling.poller.health(), streams: streams() };
+    for (const entry of live.values()) if (entry.ready) entry.worker.send(message);
+  }
+  const healthTimer = setInterval(sendHealth, Math.min(1000, config.pollIntervalMs));
+  healthTimer.unref();
+
+  return {
+    async start() {
+      await polling.waitForSchema();
+      const ready = new Promise<URL>((resolve, reject) => {
+        onFirstReady = resolve;
+        onNoneReady = reject;
+      });
+      for (let i = 0; i < config.workers; i++) fork();
+      const url = await ready;
+      polling.poller.start();
+      logListening(logger, config, url);
+      return url;
+    },
+    close() {
+      closed ??= (async () => {
+        // The running tick finishes: its batch reaches every worker and is marked.
+        await polling.poller.stop();
+        closing = true;
+        clearInterval(healthTimer);
+        const exits = [...live.values()].map(
+          (entry) => new Promise((resolve) => entry.worker.once('exit', resolve)),
+        );
+        const message: ToWorker = { t: 'close' };
+        for (const entry of live.values()) entry.worker.send(message);
+        const timeout = setTimeout(() => {
+          for (const entry of live.values()) entry.worker.process.kill('SIGKILL');
+        }, SHUTDOWN_GRACE_MS * 2);
+        await Promise.all(exits);
+        clearTimeout(timeout);
+        await polling.close();
+        logger.info({ event: 'shutdown.done', mod: 'app' }, 'stopped');
+      })();
+      return closed;
+    },
+    poller: polling.poller,
+  };
+}
+
+/**
+ * A worker process: a hub and the HTTP server on the shared port. It writes what the primary
+ * sends and answers /healthz from the primary's last report. Signals are the primary's business
+ * (a terminal's Ctrl-C reaches every process of the group); a worker closes when told, or when
+ * the primary is gone.
+ */
+export async function runWorker(config: Config, logger: Logger): Promise<void> {
+  const hub = createHub({
+    maxBufferedBytes: config.maxBufferedBytes,
+    heartbeatMs: config.heartbeatMs,
+    logger,
+  });
+  let poll: PollerHealth = { state: 'starting', lastOkAt: null, failures: 0, pendingMarks: 0 };
+  let total = 0;
+  const http = createServer(config, {
+    hub,
+    transports: createTransports(config),
+    health: () => healthReport(config, poll, total),
+    logger,
+  });
+  const send = (message: ToPrimary) => process.send?.(message);
+  let closing: Promise<void> | null = null;
+  const close = () => {
+    closing ??= http.close(SHUTDOWN_GRACE_MS).then(() => process.exit(0));
+    return closing;
+  };
+
+  process.on('SIGINT', () => undefined);
+  process.on('SIGTERM', () => undefined);
+  process.on('disconnect', close);
+  process.on('message', (message: ToWorker) => {
+    switch (message.t) {
+      case 'batch': {
+        const written = hub.broadcast((transport) => asBuffer(message.frames.get(transport.name)));
+        send({ t: 'ack', seq: message.seq, written });
+        break;
+      }
+      case 'health':
+        poll = message.poll;
+        total = message.streams;
+        break;
+      case 'close':
+        void close();
+        break;
+    }
+  });
+
+  // The primary sums the stream counts for /healthz; once a second is plenty.
+  let reported = -1;
+  setInterval(() => {
+    if (hub.size !== reported) {
+      reported = hub.size;
+      send({ t: 'streams', n: reported });
+    }
+  }, 1000).unref();
+
+  const url = await http.listen();
+  send({ t: 'ready', url: url.href });
+}
+
+/** IPC hands Buffers over as plain Uint8Arrays; view the same memory as a Buffer. */
+function asBuffer(bytes: Uint8Array | undefined): Buffer {
+  if (bytes === undefined) return Buffer.alloc(0);
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}

@@ -1,0 +1,90 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Config } from './config.js';
+import { createDb, QUERY_TIMEOUT_MS } from './db.js';
+import { DbAccessError, SchemaError } from './errors.js';
+import type { HealthReport } from './http.js';
+import type { Logger } from './log.js';
+import {
+  createPoller,
+  MAX_BACKOFF_MS,
+  type Poller,
+  type PollerHealth,
+  type PollerOptions,
+} from './poller.js';
+
+/** The database side of a server: the pool, the schema check and the tick loop. */
+export interface Polling {
+  readonly poller: Poller;
+  /**
+   * Applies the schema, retrying while the database is unreachable. Rejects with SchemaError or
+   * DbAccessError when retrying cannot help, or with an AbortError once `close` was called.
+   */
+  waitForSchema(): Promise<void>;
+  /** Stops the loop after the running tick has delivered and marked, then closes the pool. */
+  close(): Promise<void>;
+}
+
+export function createPolling(
+  config: Config,
+  logger: Logger,
+  deliver: PollerOptions['deliver'],
+): Polling {
+  const log = logger.child({ mod: 'app' });
+  const db = createDb(config, logger);
+  const poller = createPoller({
+    db,
+    deliver,
+    intervalMs: config.pollIntervalMs,
+    batchSize: config.batchSize,
+    logger,
+  });
+  const stopping = new AbortController();
+
+  return {
+    poller,
+    async waitForSchema() {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await db.ensureSchema();
+          if (attempt > 1)
+            log.info({ event: 'db.reachable', attempts: attempt }, 'database reachable');
+          return;
+        } catch (err) {
+          if (err instanceof SchemaError || err instanceof DbAccessError) throw err;
+          const retryInMs = Math.min(500 * 2 ** attempt, MAX_BACKOFF_MS);
+          const entry = { event: 'db.unreachable', err, attempt, retryInMs };
+          if (attempt === 1)
+            log.warn(entry, 'database unreachable at start; retrying until it answers');
+          else log.debug(entry, 'database still unreachable');
+          await sleep(retryInMs, undefined, { signal: stopping.signal });
+        }
+      }
+    },
+    async close() {
+      stopping.abort();
+      await poller.stop();
+      await db.close();
+    },
+  };
+}
+
+/**
+ * What /healthz answers: healthy while the last tick succeeded recently. A tick that has not
+ * succeeded for 3 intervals plus a query timeout means the poller is stuck, whatever its state.
+ */
+export function healthReport(config: Config, poll: PollerHealth, streams: number): HealthReport {
+  const staleAfterMs = 3 * config.pollIntervalMs + QUERY_TIMEOUT_MS;
+  const ageMs = poll.lastOkAt === null ? null : Date.now() - poll.lastOkAt;
+  const healthy = poll.state === 'ok' && ageMs !== null && ageMs <= staleAfterMs;
+  return {
+    healthy,
+    body: {
+      status: healthy ? 'ok' : 'unavailable',
+      poll: poll.state,
+      lastPollAgeMs: ageMs,
+      failures: poll.failures,
+      pendingMarks: poll.pendingMarks,
+      streams,
+    },
+  };
+}
