@@ -58,8 +58,8 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
   let closing = false;
   let closed: Promise<void> | null = null;
   let respawnMs = RESPAWN_MS;
-  let onFirstReady: ((url: URL) => void) | null = null;
-  let onNoneReady: ((err: Error) => void) | null = null;
+  // While start() waits for the first workers to listen.
+  let starting: { resolve: (url: URL) => void; reject: (err: Error) => void } | null = null;
 
   const polling = createPolling(config, logger, deliver);
 
@@ -98,9 +98,10 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
         entry.ready = true;
         respawnMs = RESPAWN_MS;
         sendHealth();
-        onFirstReady?.(new URL(message.url));
-        onFirstReady = null;
-        onNoneReady = null;
+        if (starting !== null && [...live.values()].every((other) => other.ready)) {
+          starting.resolve(new URL(message.url));
+          starting = null;
+        }
         break;
       case 'ack':
         entry.streams = message.written;
@@ -117,10 +118,10 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
     // Its share of every batch in flight is settled: its clients are gone.
     for (const id of [...waiting.keys()]) settle(id, entry.worker.id, 0);
     if (closing) return;
-    if (onNoneReady !== null) {
-      // No worker ever listened (say, the port is taken): replacing them would fail alike.
-      onNoneReady(new Error(`worker exited before listening (code ${code}, signal ${signal})`));
-      onFirstReady = onNoneReady = null;
+    if (starting !== null) {
+      // A first worker could not listen (say, the port is taken): a replacement would fail alike.
+      starting.reject(new Error(`worker exited before listening (code ${code}, signal ${signal})`));
+      starting = null;
       return;
     }
     const young = Date.now() - entry.startedAt < 5_000;
@@ -161,8 +162,22 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
         }
       }, ACK_TIMEOUT_MS);
       const message: ToWorker = { t: 'batch', seq: id, frames };
-      for (const entry of targets) entry.worker.send(message);
+      for (const entry of targets) {
+        // A worker dying right now has a closed channel: its share settles at once.
+        send(entry, message, () => settle(id, entry.worker.id, 0));
+      }
     }).finally(sendHealth) as Promise<number>;
+  }
+
+  /** Sends to a worker; one that is dying (closed channel) is left to its 'exit' handler. */
+  function send(entry: Live, message: ToWorker, onFailure?: () => void): void {
+    if (!entry.worker.isConnected()) {
+      onFailure?.();
+      return;
+    }
+    entry.worker.send(message, (err: Error | null) => {
+      if (err !== null) onFailure?.();
+    });
   }
 
   function settle(id: number, workerId: number, written: number): void {
@@ -181,7 +196,7 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
   // Workers answer /healthz from the primary's view of the poller; they get it after every tick.
   function sendHealth(): void {
     const message: ToWorker = { t: 'health', poll: polling.poller.health(), streams: streams() };
-    for (const entry of live.values()) if (entry.ready) entry.worker.send(message);
+    for (const entry of live.values()) if (entry.ready) send(entry, message);
   }
   const healthTimer = setInterval(sendHealth, Math.min(1000, config.pollIntervalMs));
   healthTimer.unref();
@@ -190,8 +205,7 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
     async start() {
       await polling.waitForSchema();
       const ready = new Promise<URL>((resolve, reject) => {
-        onFirstReady = resolve;
-        onNoneReady = reject;
+        starting = { resolve, reject };
       });
       for (let i = 0; i < config.workers; i++) fork();
       const url = await ready;
@@ -209,7 +223,7 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
           (entry) => new Promise((resolve) => entry.worker.once('exit', resolve)),
         );
         const message: ToWorker = { t: 'close' };
-        for (const entry of live.values()) entry.worker.send(message);
+        for (const entry of live.values()) send(entry, message);
         const timeout = setTimeout(() => {
           for (const entry of live.values()) entry.worker.process.kill('SIGKILL');
         }, SHUTDOWN_GRACE_MS * 2);

@@ -138,10 +138,7 @@ test('hostile rows neither run nor break the page; later rows still render', asy
     assert.equal(Buffer.byteLength(big), 1_000_000);
     await shown(page, quotesId);
     // Written in a later tick than the hostile batch: the stream survived it.
-    await waitUntil(async () => {
-      const flags = await db.flags();
-      return ids.every((id) => flags.get(id) === 1);
-    }, 'hostile rows flagged');
+    await db.waitMarked(ids);
     const [afterId] = (await db.insert('after')) as [string];
     await shown(page, afterId);
 

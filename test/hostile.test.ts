@@ -75,10 +75,7 @@ test('NULL content arrives as an empty fragment, is logged and flagged; later ro
     assert.equal(app.logs.events('row.null').length, 1);
     const [later] = await db.insert('later still');
     await client.waitForIds([later as string]);
-    await waitUntil(async () => {
-      const flags = await db.flags();
-      return [nullId, nextId, later].every((id) => flags.get(id as string) === 1);
-    }, 'the three rows flagged');
+    await db.waitMarked([nullId, nextId, later]);
   });
 });
 

@@ -1,5 +1,6 @@
 import { Writable } from 'node:stream';
-import { createApp, type SingleApp } from '../../src/app.js';
+import { type App, createApp, type SingleApp } from '../../src/app.js';
+import { createClusterPrimary } from '../../src/cluster.js';
 import { loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
 import { waitUntil } from './wait.js';
@@ -62,7 +63,7 @@ export function createLogRecorder(): LogRecorder & { stream: Writable } {
     write(chunk: Buffer, _encoding, done) {
       for (const line of chunk.toString('utf8').split('\n')) {
         if (line === '') continue;
-        entries.push(JSON.parse(line) as LogEntry);
+        entries.push(parseLine(line));
         if (echo) process.stderr.write(`${line}\n`);
       }
       done();
@@ -75,4 +76,49 @@ export function createLogRecorder(): LogRecorder & { stream: Writable } {
     waitFor: (name, timeoutMs) => waitUntil(() => events(name)[0], `log event ${name}`, timeoutMs),
     stream,
   };
+}
+
+export interface TestCluster {
+  readonly app: App;
+  readonly url: URL;
+  readonly streamUrl: URL;
+  /** The primary's and the workers' log lines. */
+  readonly logs: LogRecorder;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the multi-process server: the primary runs in this process, the workers are forked from
+ * dist/src/worker.js. Their log lines are collected with the primary's.
+ */
+export async function startCluster(
+  databaseUrl: string,
+  workers: number,
+  env: Record<string, string> = {},
+): Promise<TestCluster> {
+  const fullEnv = {
+    DATABASE_URL: databaseUrl,
+    PORT: '0',
+    POLL_INTERVAL_MS: '50',
+    LOG_LEVEL: 'debug',
+    ...env,
+    WORKERS: String(workers),
+  };
+  const config = loadConfig(fullEnv);
+  const logs = createLogRecorder();
+  const app = createClusterPrimary(config, createLogger(config.logLevel, logs.stream), {
+    env: fullEnv,
+    workerOutput: (line) => logs.stream.write(`${line}\n`),
+  });
+  const url = await app.start();
+  return { app, url, streamUrl: new URL('/stream', url), logs, close: () => app.close() };
+}
+
+/** A log line as an entry; a line that is not JSON (a crash trace) is kept as `raw`. */
+function parseLine(line: string): LogEntry {
+  try {
+    return JSON.parse(line) as LogEntry;
+  } catch {
+    return { level: 'raw', line };
+  }
 }

@@ -1,4 +1,5 @@
 import mysql from 'mysql2/promise';
+import { waitUntil } from './wait.js';
 
 /** Where the tests find MariaDB: TEST_DATABASE_URL, or root on 127.0.0.1:3306. */
 export const SERVER_URL = new URL(process.env.TEST_DATABASE_URL ?? 'mysql://root@127.0.0.1:3306/');
@@ -14,6 +15,8 @@ export interface TestDb {
   insert(...contents: (string | null)[]): Promise<string[]>;
   /** id → flag of every row in `msg`. */
   flags(): Promise<Map<string, number>>;
+  /** Waits until every one of `ids` has `flag = 1` (the mark follows the write). */
+  waitMarked(ids: readonly (string | undefined)[], timeoutMs?: number): Promise<void>;
   drop(): Promise<void>;
 }
 
@@ -29,6 +32,12 @@ export async function createTestDb(label: string): Promise<TestDb> {
   url.pathname = `/${name}`;
   const query = async <T>(sql: string, values?: unknown[]) =>
     (await conn.query(sql, values))[0] as T;
+  const flags = async () => {
+    const rows = await query<{ id: string; flag: number }[]>(
+      'SELECT id, flag FROM msg ORDER BY id',
+    );
+    return new Map(rows.map((row) => [String(row.id), row.flag]));
+  };
   return {
     name,
     url: url.href,
@@ -40,11 +49,16 @@ export async function createTestDb(label: string): Promise<TestDb> {
       ]);
       return contents.map((_, i) => String(result.insertId + i));
     },
-    async flags() {
-      const rows = await query<{ id: string; flag: number }[]>(
-        'SELECT id, flag FROM msg ORDER BY id',
+    flags,
+    async waitMarked(ids, timeoutMs) {
+      await waitUntil(
+        async () => {
+          const marked = await flags();
+          return ids.every((id) => id !== undefined && marked.get(id) === 1);
+        },
+        `rows ${ids.join(',')} marked`,
+        timeoutMs,
       );
-      return new Map(rows.map((row) => [String(row.id), row.flag]));
     },
     async drop() {
       await conn.query(`DROP DATABASE IF EXISTS \`${name}\``);

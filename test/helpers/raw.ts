@@ -81,19 +81,24 @@ export async function openTally(url: URL): Promise<StreamTally> {
   });
   const decoder = new StringDecoder('utf8');
   const messages: Tallied[] = [];
-  let rest = '';
+  // Text since the last complete fragment, in pieces: joined only once a fragment has ended, so
+  // a fragment of megabytes arriving in many chunks costs no repeated copying.
+  let parts: string[] = [];
+  let tail = '';
   res.on('data', (chunk: Buffer) => {
     const text = decoder.write(chunk);
-    rest += text;
-    // Scan only when a fragment may have ended: big fragments arrive in many chunks.
-    if (!rest.includes('</div>\n', rest.length - text.length - 7)) return;
+    parts.push(text);
+    const probe = tail + text;
+    tail = probe.slice(-7);
+    if (!probe.includes('</div>\n')) return;
+    const rest = parts.join('');
     let consumed = 0;
     for (const m of rest.matchAll(FRAGMENT)) {
       const inner = m[2] as string;
       messages.push({ id: m[1] as string, length: inner.length, head: inner.slice(0, 32) });
       consumed = (m.index ?? 0) + m[0].length;
     }
-    rest = rest.slice(consumed);
+    parts = [rest.slice(consumed)];
   });
   res.on('error', () => undefined);
   return {
