@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { availableParallelism } from 'node:os';
 import { test } from 'node:test';
 import { loadConfig, redactPassword } from '../src/config.js';
 import { ConfigError } from '../src/errors.js';
@@ -34,6 +35,7 @@ test('defaults match the configuration table of the README', () => {
   assert.equal(config.maxBufferedBytes, 1_048_576);
   assert.equal(config.maxContentBytes, 1_048_576);
   assert.equal(config.logLevel, 'info');
+  assert.equal(config.workers, availableParallelism());
   assert.ok(Object.isFrozen(config));
 });
 
@@ -51,6 +53,7 @@ test('every variable is read, and empty values count as unset', () => {
     MAX_BUFFERED_BYTES: '65536',
     MAX_CONTENT_BYTES: '4096',
     LOG_LEVEL: 'debug',
+    WORKERS: '3',
   });
   assert.deepEqual(config.db, {
     host: 'db.example',
@@ -70,6 +73,7 @@ test('every variable is read, and empty values count as unset', () => {
   assert.equal(config.maxBufferedBytes, 65_536);
   assert.equal(config.maxContentBytes, 4096);
   assert.equal(config.logLevel, 'debug');
+  assert.equal(config.workers, 3);
 });
 
 test('each bad value is named with what was expected', () => {
@@ -83,6 +87,7 @@ test('each bad value is named with what was expected', () => {
     [{ MAX_BUFFERED_BYTES: '10' }, /^MAX_BUFFERED_BYTES="10"/],
     [{ MAX_CONTENT_BYTES: '99999999' }, /^MAX_CONTENT_BYTES="99999999"/],
     [{ PAD_BYTES: 'lots' }, /^PAD_BYTES="lots"/],
+    [{ WORKERS: '0' }, /^WORKERS="0": expected an integer from 1 to 64$/],
     [{ LOG_LEVEL: 'verbose' }, /^LOG_LEVEL="verbose": expected one of fatal, error, warn/],
     [
       { MSG_TABLE: 'msg; DROP TABLE users' },
