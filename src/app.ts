@@ -3,7 +3,7 @@ import { createServer } from './http.js';
 import { createHub, type Hub } from './hub.js';
 import type { Logger } from './log.js';
 import type { Poller } from './poller.js';
-import { createPolling, healthReport } from './polling.js';
+import { createPolling, healthReport, type Polling } from './polling.js';
 import { createTransports } from './transports/index.js';
 
 /** A running rowcast, one process or many: what main.ts drives and tests start on port 0. */
@@ -43,41 +43,54 @@ export function createApp(config: Config, logger: Logger): SingleApp {
     health: () => healthReport(config, polling.poller.health(), hub.size),
     logger,
   });
-  let closed: Promise<void> | null = null;
-
   return {
-    async start() {
-      await polling.waitForSchema();
-      const url = await http.listen();
-      polling.poller.start();
-      logListening(logger, config, url);
-      return url;
-    },
-    close() {
-      closed ??= (async () => {
-        // The running tick finishes and marks, so its rows reach the streams before they end.
-        await polling.poller.stop();
-        await http.close(SHUTDOWN_GRACE_MS);
-        await polling.close();
-        logger.info({ event: 'shutdown.done', mod: 'app' }, 'stopped');
-      })();
-      return closed;
-    },
+    ...lifecycle(config, logger, polling, {
+      listen: () => http.listen(),
+      close: () => http.close(SHUTDOWN_GRACE_MS),
+    }),
     hub,
     poller: polling.poller,
   };
 }
 
-export function logListening(logger: Logger, config: Config, url: URL): void {
-  const stream = new URL('stream', url).href;
-  logger.info(
-    {
-      event: 'server.listening',
-      mod: 'app',
-      url: stream,
-      table: config.msgTable,
-      workers: config.workers,
+/**
+ * start() and close() of either kind of server around its way of serving: wait for the
+ * database, serve, then poll; on close, let the running tick deliver and mark, stop serving (every
+ * stream gets its closing frame), then close the pool. close() returns the same promise each time.
+ */
+export function lifecycle(
+  config: Config,
+  logger: Logger,
+  polling: Polling,
+  serving: { listen(): Promise<URL>; close(): Promise<void> },
+): Pick<App, 'start' | 'close'> {
+  let closed: Promise<void> | null = null;
+  return {
+    async start() {
+      await polling.waitForSchema();
+      const url = await serving.listen();
+      polling.poller.start();
+      const stream = new URL('stream', url).href;
+      logger.info(
+        {
+          event: 'server.listening',
+          mod: 'app',
+          url: stream,
+          table: config.msgTable,
+          workers: config.workers,
+        },
+        `streaming ${config.msgTable} at ${stream}`,
+      );
+      return url;
     },
-    `streaming ${config.msgTable} at ${stream}`,
-  );
+    close() {
+      closed ??= (async () => {
+        await polling.poller.stop();
+        await serving.close();
+        await polling.close();
+        logger.info({ event: 'shutdown.done', mod: 'app' }, 'stopped');
+      })();
+      return closed;
+    },
+  };
 }

@@ -1,6 +1,6 @@
 import cluster, { type Worker } from 'node:cluster';
 import { fileURLToPath } from 'node:url';
-import { type App, logListening, SHUTDOWN_GRACE_MS } from './app.js';
+import { type App, lifecycle, SHUTDOWN_GRACE_MS } from './app.js';
 import type { Config } from './config.js';
 import { createServer } from './http.js';
 import { createHub } from './hub.js';
@@ -56,7 +56,6 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
   const waiting = new Map<number, { pending: Set<number>; written: number; done: () => void }>();
   let seq = 0;
   let closing = false;
-  let closed: Promise<void> | null = null;
   let respawnMs = RESPAWN_MS;
   // While start() waits for the first workers to listen.
   let starting: { resolve: (url: URL) => void; reject: (err: Error) => void } | null = null;
@@ -202,21 +201,15 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
   healthTimer.unref();
 
   return {
-    async start() {
-      await polling.waitForSchema();
-      const ready = new Promise<URL>((resolve, reject) => {
-        starting = { resolve, reject };
-      });
-      for (let i = 0; i < config.workers; i++) fork();
-      const url = await ready;
-      polling.poller.start();
-      logListening(logger, config, url);
-      return url;
-    },
-    close() {
-      closed ??= (async () => {
-        // The running tick finishes: its batch reaches every worker and is marked.
-        await polling.poller.stop();
+    ...lifecycle(config, logger, polling, {
+      listen() {
+        const ready = new Promise<URL>((resolve, reject) => {
+          starting = { resolve, reject };
+        });
+        for (let i = 0; i < config.workers; i++) fork();
+        return ready;
+      },
+      async close() {
         closing = true;
         clearInterval(healthTimer);
         const exits = [...live.values()].map(
@@ -229,11 +222,8 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
         }, SHUTDOWN_GRACE_MS * 2);
         await Promise.all(exits);
         clearTimeout(timeout);
-        await polling.close();
-        logger.info({ event: 'shutdown.done', mod: 'app' }, 'stopped');
-      })();
-      return closed;
-    },
+      },
+    }),
     poller: polling.poller,
   };
 }

@@ -1,0 +1,51 @@
+import { once } from 'node:events';
+import http from 'node:http';
+import { type App, createApp } from '../../src/app.js';
+import { type Config, loadConfig } from '../../src/config.js';
+import { createLogger } from '../../src/log.js';
+import { createLogRecorder, type LogRecorder } from './app.js';
+
+/** A wired app that has not been started: for tests that watch `start()` itself. */
+export interface UnstartedApp {
+  readonly app: App;
+  readonly config: Config;
+  readonly logs: LogRecorder;
+}
+
+/** Like `startApp`, with the same test defaults, but leaves `app.start()` to the test. */
+export function createUnstartedApp(
+  databaseUrl: string,
+  env: Record<string, string> = {},
+): UnstartedApp {
+  const config = loadConfig({
+    DATABASE_URL: databaseUrl,
+    PORT: '0',
+    POLL_INTERVAL_MS: '50',
+    LOG_LEVEL: 'debug',
+    ...env,
+  });
+  const logs = createLogRecorder();
+  const app = createApp(config, createLogger(config.logLevel, logs.stream));
+  return { app, config, logs };
+}
+
+export interface Health {
+  readonly status: number;
+  readonly body: {
+    readonly status: string;
+    readonly poll: string;
+    readonly failures: number;
+    readonly pendingMarks: number;
+    readonly streams: number;
+  };
+}
+
+/** GET /healthz on a connection of its own (no keep-alive left behind). */
+export async function getHealth(baseUrl: URL): Promise<Health> {
+  const req = http.get(new URL('/healthz', baseUrl), { agent: false });
+  const [res] = (await once(req, 'response')) as [http.IncomingMessage];
+  let body = '';
+  res.setEncoding('utf8');
+  for await (const chunk of res) body += chunk;
+  return { status: res.statusCode ?? 0, body: JSON.parse(body) as Health['body'] };
+}
