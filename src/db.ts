@@ -37,6 +37,9 @@ const REQUIRED_COLUMNS = ['id', 'content', 'flag'] as const;
 // Errors that retrying cannot fix: the operator has to change the configuration or the grants.
 const ACCESS_ERRORS = new Set([
   'ER_ACCESS_DENIED_ERROR',
+  // MariaDB checks an unknown user against one of its accounts picked by the name; when that one
+  // allows unix_socket (Debian's root, mysql) the refusal is this code, e.g. for 'nobody'.
+  'ER_ACCESS_DENIED_NO_PASSWORD_ERROR',
   'ER_DBACCESS_DENIED_ERROR',
   'ER_BAD_DB_ERROR',
   'ER_TABLEACCESS_DENIED_ERROR',
