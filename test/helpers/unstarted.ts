@@ -4,6 +4,7 @@ import { type App, createApp } from '../../src/app.js';
 import { type Config, loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
 import { createLogRecorder, type LogRecorder } from './app.js';
+import { waitUntil } from './wait.js';
 
 /** A wired app that has not been started: for tests that watch `start()` itself. */
 export interface UnstartedApp {
@@ -48,4 +49,19 @@ export async function getHealth(baseUrl: URL): Promise<Health> {
   res.setEncoding('utf8');
   for await (const chunk of res) body += chunk;
   return { status: res.statusCode ?? 0, body: JSON.parse(body) as Health['body'] };
+}
+
+/** Open TCP sockets of this process (both ends of a loopback connection count). */
+export function tcpSockets(): number {
+  return process.getActiveResourcesInfo().filter((name) => name === 'TCPSocketWrap').length;
+}
+
+/**
+ * Waits until this process has no more TCP sockets than `baseline`: the connections of a closed
+ * app, through a DbProxy too, are fully gone. Call it before `DbProxy.cut()` or `close()` after
+ * an app was closed: `resetAndDestroy()` on a socket whose FIN is still being sent fails with
+ * EINVAL in Node 20 and leaks its handle, and the process then spins forever at exit.
+ */
+export async function waitForSockets(baseline: number): Promise<void> {
+  await waitUntil(() => tcpSockets() <= baseline, `at most ${baseline} open TCP sockets`);
 }
