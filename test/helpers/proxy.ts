@@ -54,7 +54,12 @@ export async function startDbProxy(target: { host: string; port: number }): Prom
 
   const cut = () => {
     down = true;
-    for (const socket of sockets) socket.resetAndDestroy();
+    // resetAndDestroy() on a socket whose FIN is already queued fails with EINVAL in Node 20 and
+    // leaks the handle (the process then spins at exit): those are destroyed plainly.
+    for (const socket of sockets) {
+      if (socket.writableEnded) socket.destroy();
+      else socket.resetAndDestroy();
+    }
     sockets.clear();
   };
   return {
