@@ -1,0 +1,266 @@
+import net from 'node:net';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { type Collected, type FromClient, monotonicMs, type ToClient } from './protocol.js';
+
+// A load-generator process (forked by bench/clients.ts). It holds thousands of raw TCP streams
+// from one loopback source address and parses only what the bench needs from each row:
+// `data-id="ID">SENT_US</div>`, where SENT_US is the insert time in µs on the monotonic clock.
+// The hot path allocates nothing per row: one shared read buffer for every socket, typed arrays
+// for per-stream state, and a copy only for the rare row cut across two reads.
+
+const MARK = Buffer.from('data-id="');
+const READ_BUFFER = Buffer.alloc(64 * 1024);
+const DIGIT_0 = 48;
+const DIGIT_9 = 57;
+
+let sockets: (net.Socket | undefined)[] = [];
+let carry: (Buffer | undefined)[] = [];
+let established = new Uint8Array(0);
+let isOpen = new Uint8Array(0);
+let lastId = new Float64Array(0);
+let openCount = 0;
+
+// The current phase.
+let base = 0;
+let expected = 0;
+let bytesPerStream = 0;
+let seen = new Uint8Array(0);
+let openAtStart = new Uint8Array(0);
+let latencies = new Float32Array(0);
+let received = 0;
+let duplicated = 0;
+let outOfOrder = 0;
+let unexpected = 0;
+let closed = 0;
+let firstReceipt = 0;
+let lastReceipt = 0;
+let cpuAtStart = process.cpuUsage();
+const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+
+function send(message: FromClient): void {
+  process.send?.(message);
+}
+
+process.on('disconnect', () => process.exit(0));
+process.on('message', (message: ToClient) => {
+  switch (message.t) {
+    case 'connect':
+      connectAll(message).then(send, (err: Error) => send({ t: 'error', message: err.message }));
+      break;
+    case 'expect':
+      startPhase(message.base, message.count);
+      send({ t: 'progress', received, open: openCount });
+      break;
+    case 'progress':
+      send({ t: 'progress', received, open: openCount });
+      break;
+    case 'collect':
+      send(collect());
+      break;
+    case 'exit':
+      process.exit(0);
+  }
+});
+
+function connectAll(command: Extract<ToClient, { t: 'connect' }>): Promise<FromClient> {
+  const { count } = command;
+  sockets = new Array(count);
+  carry = new Array(count);
+  established = new Uint8Array(count);
+  isOpen = new Uint8Array(count);
+  lastId = new Float64Array(count);
+  const failures: Record<string, number> = {};
+  const started = Date.now();
+  const stopStartingAt = started + command.deadlineMs;
+  const request = Buffer.from(
+    `GET /stream HTTP/1.1\r\nHost: ${command.host}:${command.port}\r\nUser-Agent: rowcast-bench\r\n\r\n`,
+  );
+  let next = 0;
+  let inFlight = 0;
+  let ok = 0;
+
+  return new Promise((resolve) => {
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(backstop);
+      if (next < count) failures.not_started = (failures.not_started ?? 0) + count - next;
+      resolve({ t: 'connected', established: ok, failures, ms: Date.now() - started });
+    };
+    // Every connection has its own timeout, so this only guards against a bug in the bookkeeping.
+    const backstop = setTimeout(finish, command.deadlineMs + command.timeoutMs + 5_000);
+    const settle = (index: number, failure: string | null) => {
+      inFlight--;
+      if (failure === null) ok++;
+      else failures[failure] = (failures[failure] ?? 0) + 1;
+      if (failure !== null) sockets[index]?.destroy();
+      pump();
+    };
+    const pump = () => {
+      while (inFlight < command.concurrency && next < count && Date.now() < stopStartingAt) {
+        open(next++);
+        inFlight++;
+      }
+      if (inFlight === 0) finish();
+    };
+    const open = (index: number) => {
+      let pending = true;
+      const fail = (reason: string) => {
+        if (!pending) return;
+        pending = false;
+        settle(index, reason);
+      };
+      const socket = net.connect({
+        host: command.host,
+        port: command.port,
+        localAddress: command.localAddress,
+        onread: {
+          buffer: READ_BUFFER,
+          callback: (bytes: number) => {
+            if (pending) {
+              const status = headStatus(index, bytes);
+              if (status === null) return true; // the status line is not complete yet
+              pending = false;
+              socket.setTimeout(0);
+              if (status !== 200) {
+                settle(index, `http_${status}`);
+                return true;
+              }
+              established[index] = 1;
+              isOpen[index] = 1;
+              openCount++;
+              settle(index, null);
+            }
+            onRows(index, bytes);
+            return true;
+          },
+        },
+      });
+      sockets[index] = socket;
+      socket.setTimeout(command.timeoutMs, () => fail('timeout'));
+      socket.on('connect', () => socket.write(request));
+      socket.on('error', (err: NodeJS.ErrnoException) => fail(err.code ?? 'error'));
+      socket.on('close', () => {
+        fail('closed');
+        if (isOpen[index] === 1) {
+          isOpen[index] = 0;
+          openCount--;
+          closed++;
+        }
+      });
+    };
+    pump();
+  });
+}
+
+/** The status code once the status line is in, else null (the bytes are kept for the next read). */
+function headStatus(index: number, bytes: number): number | null {
+  const data = readData(index, bytes);
+  const lineEnd = data.indexOf('\r\n');
+  if (lineEnd === -1) {
+    carry[index] = Buffer.from(data);
+    return null;
+  }
+  // "HTTP/1.1 200 OK": the code is bytes 9–11. The rest (head, preamble) holds no rows.
+  return Number(data.toString('latin1', 9, Math.min(12, lineEnd)));
+}
+
+/** Parses every complete row of this read; keeps an incomplete tail for the next one. */
+function onRows(index: number, bytes: number): void {
+  const now = monotonicMs();
+  const data = readData(index, bytes);
+  // Every fragment ends with '\n': bytes after the last one belong to a fragment still coming.
+  const end = data.lastIndexOf(10);
+  if (end < data.length - 1) carry[index] = Buffer.from(data.subarray(end + 1));
+  if (end === -1) return;
+  let at = data.indexOf(MARK);
+  while (at !== -1 && at < end) {
+    let p = at + MARK.length;
+    let id = 0;
+    let c = data[p] ?? 0;
+    while (c >= DIGIT_0 && c <= DIGIT_9) {
+      id = id * 10 + c - DIGIT_0;
+      c = data[++p] ?? 0;
+    }
+    p += 2; // `">`
+    let sentUs = 0;
+    c = data[p] ?? 0;
+    while (c >= DIGIT_0 && c <= DIGIT_9) {
+      sentUs = sentUs * 10 + c - DIGIT_0;
+      c = data[++p] ?? 0;
+    }
+    record(index, id, now - sentUs / 1000, now);
+    at = data.indexOf(MARK, p);
+  }
+}
+
+function record(index: number, id: number, latencyMs: number, now: number): void {
+  if (id < (lastId[index] as number)) outOfOrder++;
+  lastId[index] = id;
+  if (firstReceipt === 0) firstReceipt = now;
+  lastReceipt = now;
+  const offset = id - base;
+  if (offset < 0 || offset >= expected) {
+    unexpected++;
+    return;
+  }
+  const byte = index * bytesPerStream + (offset >> 3);
+  const bit = 1 << (offset & 7);
+  const flags = seen[byte] as number;
+  if ((flags & bit) !== 0) {
+    duplicated++;
+    return;
+  }
+  seen[byte] = flags | bit;
+  latencies[received++] = latencyMs;
+}
+
+function startPhase(first: number, count: number): void {
+  base = first;
+  expected = count;
+  bytesPerStream = Math.ceil(count / 8);
+  seen = new Uint8Array(sockets.length * bytesPerStream);
+  openAtStart = isOpen.slice();
+  latencies = new Float32Array(openCount * count);
+  received = 0;
+  duplicated = 0;
+  outOfOrder = 0;
+  unexpected = 0;
+  closed = 0;
+  firstReceipt = 0;
+  lastReceipt = 0;
+  cpuAtStart = process.cpuUsage();
+  loopDelay.reset();
+  loopDelay.enable();
+}
+
+function collect(): Collected {
+  loopDelay.disable();
+  let streams = 0;
+  for (const open of openAtStart) streams += open;
+  const cpu = process.cpuUsage(cpuAtStart);
+  return {
+    t: 'collected',
+    latencies: latencies.slice(0, received),
+    received,
+    lost: streams * expected - received,
+    duplicated,
+    outOfOrder,
+    unexpected,
+    closed,
+    firstReceipt,
+    lastReceipt,
+    cpuS: (cpu.user + cpu.system) / 1e6,
+    loopDelayP99Ms: loopDelay.count > 0 ? loopDelay.percentile(99) / 1e6 : 0,
+    loopDelayMaxMs: loopDelay.count > 0 ? loopDelay.max / 1e6 : 0,
+  };
+}
+
+/** This read's bytes, after the tail kept from the previous read of the same stream. */
+function readData(index: number, bytes: number): Buffer {
+  const previous = carry[index];
+  if (previous === undefined) return READ_BUFFER.subarray(0, bytes);
+  carry[index] = undefined;
+  return Buffer.concat([previous, READ_BUFFER.subarray(0, bytes)]);
+}

@@ -1,0 +1,150 @@
+import { type ChildProcess, fork } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { Collected, Connected, FromClient, Progress, ToClient } from './protocol.js';
+
+const CLIENT_ENTRY = fileURLToPath(new URL('./client.js', import.meta.url));
+
+export interface ClientPool {
+  readonly pids: readonly number[];
+  /** Opens `streams` streams, split evenly over the clients, each from its own source address. */
+  connect(options: ConnectOptions): Promise<Connected[]>;
+  /** Starts a phase on every client; resolves once every client has reset its counters. */
+  expect(base: number, count: number): Promise<void>;
+  progress(): Promise<{ received: number; open: number }>;
+  collect(): Promise<Collected[]>;
+  /** Asks every client to exit; kills those still running after a short grace. */
+  close(): Promise<void>;
+  /** SIGKILL to every client still running (the watchdog's path). */
+  kill(): void;
+}
+
+export interface ConnectOptions {
+  readonly port: number;
+  readonly streams: number;
+  /** Source addresses, one per client (127.0.0.x). */
+  readonly addresses: readonly string[];
+  readonly concurrency: number;
+  readonly timeoutMs: number;
+  readonly deadlineMs: number;
+}
+
+// A reply that does not come within this long means the client is stuck or dead.
+const REPLY_TIMEOUT_MS = 30_000;
+
+/** Forks `count` client processes (bench/client.ts) and talks to them over IPC. */
+export function startClients(count: number): ClientPool {
+  const children = Array.from({ length: count }, () => spawnClient());
+
+  async function all<T extends FromClient>(
+    message: (index: number) => ToClient,
+    timeoutMs: number,
+  ) {
+    return Promise.all(children.map((child, index) => child.request<T>(message(index), timeoutMs)));
+  }
+
+  return {
+    pids: children.map((child) => child.pid),
+    async connect(options) {
+      const share = (index: number) =>
+        Math.floor(options.streams / count) + (index < options.streams % count ? 1 : 0);
+      return all<Connected>(
+        (index) => ({
+          t: 'connect',
+          host: '127.0.0.1',
+          port: options.port,
+          localAddress: options.addresses[index] as string,
+          count: share(index),
+          concurrency: Math.max(1, Math.floor(options.concurrency / count)),
+          timeoutMs: options.timeoutMs,
+          deadlineMs: options.deadlineMs,
+        }),
+        options.deadlineMs + options.timeoutMs + REPLY_TIMEOUT_MS,
+      );
+    },
+    async expect(base, rows) {
+      await all<Progress>(() => ({ t: 'expect', base, count: rows }), REPLY_TIMEOUT_MS);
+    },
+    async progress() {
+      const replies = await all<Progress>(() => ({ t: 'progress' }), REPLY_TIMEOUT_MS);
+      return {
+        received: replies.reduce((sum, reply) => sum + reply.received, 0),
+        open: replies.reduce((sum, reply) => sum + reply.open, 0),
+      };
+    },
+    collect() {
+      return all<Collected>(() => ({ t: 'collect' }), REPLY_TIMEOUT_MS);
+    },
+    async close() {
+      await Promise.all(children.map((child) => child.exit()));
+    },
+    kill() {
+      for (const child of children) child.kill();
+    },
+  };
+}
+
+interface Client {
+  readonly pid: number;
+  request<T extends FromClient>(message: ToClient, timeoutMs: number): Promise<T>;
+  exit(): Promise<void>;
+  kill(): void;
+}
+
+function spawnClient(): Client {
+  const child: ChildProcess = fork(CLIENT_ENTRY, [], {
+    serialization: 'advanced',
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  // Each client answers its requests in order: replies resolve the oldest waiting request.
+  const waiting: { resolve: (reply: FromClient) => void; reject: (err: Error) => void }[] = [];
+  let exited = false;
+  // A send to a client that just died fails here; its pending requests fail through 'exit'.
+  child.on('error', () => undefined);
+  const exitedPromise = new Promise<void>((resolve) => {
+    child.once('exit', (code, signal) => {
+      exited = true;
+      const err = new Error(`client ${child.pid} exited (code ${code}, signal ${signal})`);
+      for (const entry of waiting.splice(0)) entry.reject(err);
+      resolve();
+    });
+  });
+  child.on('message', (reply: FromClient) => {
+    const entry = waiting.shift();
+    if (entry === undefined) return;
+    if (reply.t === 'error') entry.reject(new Error(`client ${child.pid}: ${reply.message}`));
+    else entry.resolve(reply);
+  });
+
+  return {
+    pid: child.pid ?? 0,
+    request<T extends FromClient>(message: ToClient, timeoutMs: number): Promise<T> {
+      if (exited) return Promise.reject(new Error(`client ${child.pid} has exited`));
+      return new Promise<T>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          reject(new Error(`client ${child.pid} did not answer '${message.t}' in ${timeoutMs} ms`));
+          child.kill('SIGKILL');
+        }, timeoutMs);
+        waiting.push({
+          resolve: (reply) => {
+            clearTimeout(timer);
+            resolve(reply as T);
+          },
+          reject: (err) => {
+            clearTimeout(timer);
+            reject(err);
+          },
+        });
+        child.send(message);
+      });
+    },
+    async exit() {
+      if (!exited) child.send({ t: 'exit' } satisfies ToClient);
+      const grace = setTimeout(() => child.kill('SIGKILL'), 5_000);
+      await exitedPromise;
+      clearTimeout(grace);
+    },
+    kill() {
+      if (!exited) child.kill('SIGKILL');
+    },
+  };
+}

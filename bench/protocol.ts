@@ -1,0 +1,79 @@
+/** Messages between the bench (parent) and its client processes (bench/client.ts). */
+
+export type ToClient =
+  | {
+      readonly t: 'connect';
+      readonly host: string;
+      readonly port: number;
+      readonly localAddress: string;
+      readonly count: number;
+      /** Connections in flight (connecting or waiting for the response head) at most. */
+      readonly concurrency: number;
+      /** A connection without a 200 head after this long counts as failed. */
+      readonly timeoutMs: number;
+      /** No connection is started after this long. */
+      readonly deadlineMs: number;
+    }
+  | {
+      /** Starts a phase: rows with ids base … base+count-1 are expected on every stream. */
+      readonly t: 'expect';
+      readonly base: number;
+      readonly count: number;
+    }
+  | { readonly t: 'progress' }
+  | { readonly t: 'collect' }
+  | { readonly t: 'exit' };
+
+export interface Connected {
+  readonly t: 'connected';
+  readonly established: number;
+  /** Failed or never started connections, by reason (error code, `http_503`, `timeout`, …). */
+  readonly failures: Record<string, number>;
+  readonly ms: number;
+}
+
+export interface Progress {
+  readonly t: 'progress';
+  /** Distinct expected rows received, summed over streams. */
+  readonly received: number;
+  /** Streams open right now. */
+  readonly open: number;
+}
+
+export interface Collected {
+  readonly t: 'collected';
+  /** Insert → receipt, ms, one per distinct expected delivery. */
+  readonly latencies: Float32Array;
+  readonly received: number;
+  /** Expected rows never received, summed over the streams open when the phase started. */
+  readonly lost: number;
+  readonly duplicated: number;
+  readonly outOfOrder: number;
+  /** Rows outside the expected range. */
+  readonly unexpected: number;
+  /** Streams that closed during the phase. */
+  readonly closed: number;
+  /** Monotonic ms (the same clock in every process) of the first and last receipt; 0 if none. */
+  readonly firstReceipt: number;
+  readonly lastReceipt: number;
+  /** CPU seconds this client used during the phase. */
+  readonly cpuS: number;
+  /** Event-loop delay of this client during the phase, ms. */
+  readonly loopDelayP99Ms: number;
+  readonly loopDelayMaxMs: number;
+}
+
+export type FromClient =
+  | Connected
+  | Progress
+  | Collected
+  | { readonly t: 'error'; message: string };
+
+// performance.now() and process.hrtime() read the same monotonic clock; performance.now() is the
+// cheaper call (no BigInt), so it is shifted once onto the machine-wide origin of hrtime.
+const MONOTONIC_OFFSET_MS = Number(process.hrtime.bigint()) / 1e6 - performance.now();
+
+/** Milliseconds on CLOCK_MONOTONIC, which every process on the machine shares. */
+export function monotonicMs(): number {
+  return performance.now() + MONOTONIC_OFFSET_MS;
+}

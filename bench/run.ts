@@ -1,0 +1,213 @@
+import { createWriteStream, mkdirSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import type { ClientPool } from './clients.js';
+import { DB_SERVER, dropDatabase, openBenchDb } from './db.js';
+import { startDbProxy } from './dbproxy.js';
+import { runScenario, type Scenario } from './scenario.js';
+import type { BenchServer } from './server.js';
+import { table } from './stats.js';
+
+// `npm run bench`: see bench/README.md.
+
+const RESULTS_DIR = fileURLToPath(new URL('../../bench/results/', import.meta.url));
+const FULL_SUITE = ['1k', '5k', '15k', '35k', '45k', 'throughput'];
+const QUICK_SUITE = ['1k'];
+// Streams one server process is allowed (MAX_STREAMS): the file-descriptor limit is 20,000.
+const STREAMS_PER_PROCESS = 19_000;
+// WORKERS chosen when none is given: the fewest processes that stay well under that limit.
+const AUTO_STREAMS_PER_WORKER = 18_000;
+// Sockets per client process, under the same file-descriptor limit.
+const STREAMS_PER_CLIENT = 12_000;
+
+const USAGE = `usage: npm run bench -- [--scenarios 1k,5k,15k,35k,45k,throughput] [--workers N]
+                          [--clients N] [--quick] [--timeout-s S]
+  --scenarios   comma-separated, from: Nk (N thousand streams, 20 rows 200 ms apart),
+                throughput (1,000 single-row INSERTs as fast as possible, 5,000 streams),
+                throughput-multi (the same 1,000 rows in 10 INSERTs of 100 rows);
+                default: 1k,5k,15k,35k,45k,throughput
+  --workers     WORKERS for the server (default: $WORKERS, else the fewest for the streams)
+  --clients     client processes (default 4, more when one would hold over ${STREAMS_PER_CLIENT})
+  --quick       a short smoke run: 1k only, shorter settle
+  --timeout-s   the watchdog: everything is killed after this (default 600, --quick 180)`;
+
+const { values } = parseArgs({
+  options: {
+    scenarios: { type: 'string' },
+    workers: { type: 'string' },
+    clients: { type: 'string' },
+    quick: { type: 'boolean', default: false },
+    'timeout-s': { type: 'string' },
+    help: { type: 'boolean', default: false },
+  },
+});
+if (values.help) {
+  process.stdout.write(`${USAGE}\n`);
+  process.exit(0);
+}
+
+const scenarios = (values.scenarios?.split(',') ?? (values.quick ? QUICK_SUITE : FULL_SUITE)).map(
+  (name) => parseScenario(name.trim()),
+);
+const workersFlag = positiveInt('--workers', values.workers ?? process.env.WORKERS);
+const clientsFlag = positiveInt('--clients', values.clients);
+const timeoutS = positiveInt('--timeout-s', values['timeout-s']) ?? (values.quick ? 180 : 600);
+const settleMs = values.quick ? 1_500 : 3_000;
+
+mkdirSync(RESULTS_DIR, { recursive: true });
+const resultsPath = `${RESULTS_DIR}latest.jsonl`;
+writeFileSync(resultsPath, '');
+const serverLog = createWriteStream(`${RESULTS_DIR}server.log`);
+const dbName = `rowcast_bench_${process.pid}`;
+const progress = (line: string) => process.stderr.write(`bench: ${line}\n`);
+
+// What is running now, for the watchdog and the signal handlers.
+let liveServer: BenchServer | undefined;
+let liveClients: ClientPool | undefined;
+let aborting = false;
+
+function abort(why: string, code: number): void {
+  if (aborting) return;
+  aborting = true;
+  progress(`${why}: killing everything the bench started`);
+  liveClients?.kill();
+  liveServer?.kill();
+  const exit = () => process.exit(code);
+  setTimeout(exit, 10_000).unref();
+  dropDatabase(dbName).then(exit, (err: Error) => {
+    progress(`could not drop ${dbName}: ${err.message}`);
+    exit();
+  });
+}
+
+const watchdog = setTimeout(() => abort(`watchdog: over ${timeoutS} s`, 2), timeoutS * 1000);
+watchdog.unref();
+process.on('SIGINT', () => abort('SIGINT', 130));
+process.on('SIGTERM', () => abort('SIGTERM', 143));
+
+const records: Record<string, unknown>[] = [];
+const proxy = await startDbProxy({
+  host: DB_SERVER.hostname,
+  port: Number(DB_SERVER.port || 3306),
+});
+const db = await openBenchDb(dbName);
+let nextAddress = 0;
+try {
+  for (const scenario of scenarios) {
+    if (aborting) break;
+    const clientProcesses =
+      clientsFlag ?? Math.max(4, Math.ceil(scenario.streams / STREAMS_PER_CLIENT));
+    // A fresh source address per client and scenario: sockets of the last scenario may still sit
+    // in TIME_WAIT on the old ones.
+    const addresses = Array.from({ length: clientProcesses }, () => {
+      const address = `127.0.0.${2 + (nextAddress % 250)}`;
+      nextAddress++;
+      return address;
+    });
+    const workers =
+      workersFlag ?? Math.max(1, Math.ceil(scenario.streams / AUTO_STREAMS_PER_WORKER));
+    let record: Record<string, unknown>;
+    try {
+      record = await runScenario(scenario, {
+        db,
+        proxy,
+        workers,
+        clientProcesses,
+        addresses,
+        pollIntervalMs: 50,
+        maxStreams: STREAMS_PER_PROCESS,
+        settleMs,
+        log: serverLog,
+        track: (started) => {
+          liveServer = started.server;
+          liveClients = started.clients;
+        },
+        progress,
+      });
+    } catch (err) {
+      if (aborting) break;
+      progress(`${scenario.name} failed: ${(err as Error).stack}`);
+      record = { scenario: scenario.name, workers, error: (err as Error).message };
+    }
+    liveServer = undefined;
+    liveClients = undefined;
+    records.push(record);
+    const line = JSON.stringify(record);
+    process.stdout.write(`${line}\n`);
+    writeFileSync(resultsPath, `${line}\n`, { flag: 'a' });
+  }
+} finally {
+  await db.drop().catch((err: Error) => progress(`could not drop ${dbName}: ${err.message}`));
+  await proxy.close();
+  serverLog.end();
+}
+process.stdout.write(`\n${summaryTable(records)}\n`);
+progress(`JSON lines in ${resultsPath}; server logs in ${RESULTS_DIR}server.log`);
+clearTimeout(watchdog);
+
+function parseScenario(name: string): Scenario {
+  if (name === 'throughput' || name === 'throughput-multi') {
+    const rowsPerInsert = name === 'throughput' ? 1 : 100;
+    return {
+      name,
+      kind: 'throughput',
+      streams: 5_000,
+      rows: 1_000,
+      rowIntervalMs: 0,
+      rowsPerInsert,
+    };
+  }
+  const match = /^(\d+)(k?)$/.exec(name);
+  if (match === null || Number(match[1]) === 0) {
+    process.stderr.write(`bench: unknown scenario ${JSON.stringify(name)}\n${USAGE}\n`);
+    process.exit(1);
+  }
+  const streams = Number(match[1]) * (match[2] === 'k' ? 1_000 : 1);
+  return { name, kind: 'latency', streams, rows: 20, rowIntervalMs: 200, rowsPerInsert: 1 };
+}
+
+function positiveInt(flag: string, raw: string | undefined): number | undefined {
+  if (raw === undefined || raw === '') return undefined;
+  if (/^\d+$/.test(raw) && Number(raw) > 0) return Number(raw);
+  process.stderr.write(`bench: ${flag} ${JSON.stringify(raw)}: expected a positive integer\n`);
+  process.exit(1);
+}
+
+function summaryTable(rows: readonly Record<string, unknown>[]): string {
+  const get = (record: Record<string, unknown>, path: string): string => {
+    let value: unknown = record;
+    for (const key of path.split('.'))
+      value = (value as Record<string, unknown> | undefined)?.[key];
+    return value === undefined || value === null ? '-' : String(value);
+  };
+  const columns: [string, string][] = [
+    ['scenario', 'scenario'],
+    ['workers', 'workers'],
+    ['streams', 'streams_requested'],
+    ['held', 'streams_established'],
+    ['estab s', 'establish_s'],
+    ['KB/stream priv', 'memory.per_idle_stream_private_kb'],
+    ['KB/stream rss', 'memory.per_idle_stream_rss_kb'],
+    ['p50 ms', 'latency_ms.p50'],
+    ['p90', 'latency_ms.p90'],
+    ['p99', 'latency_ms.p99'],
+    ['max', 'latency_ms.max'],
+    ['deliveries/s', 'deliveries.per_s'],
+    ['lost', 'deliveries.lost'],
+    ['dup', 'deliveries.duplicated'],
+    ['ooo', 'deliveries.out_of_order'],
+    ['srv CPU s', 'server_cpu_s.total'],
+    ['cli CPU s', 'client.cpu_s_rows'],
+  ];
+  const body = rows.map((record) =>
+    record.error === undefined
+      ? columns.map(([, path]) => get(record, path))
+      : [get(record, 'scenario'), get(record, 'workers'), `error: ${String(record.error)}`],
+  );
+  const cores = availableParallelism();
+  return `${table(
+    columns.map(([title]) => title),
+    body,
+  )}\n(${cores} cores shared by server, clients and MariaDB; latency = insert → receipt)`;
+}
