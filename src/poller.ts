@@ -135,9 +135,13 @@ export function createPoller(options: PollerOptions): Poller {
   async function loop(): Promise<void> {
     timer = null;
     woken = false;
-    let delay = intervalMs;
+    const started = Date.now();
+    let delay = 0;
     try {
-      if (await runTick()) delay = 0;
+      // Ticks start POLL_INTERVAL_MS apart, not that long after the previous one ended: a tick
+      // that writes to many streams would otherwise stretch the period, and the latency, by its
+      // own length. Still never overlapping: the next one is scheduled only now.
+      if (!(await runTick())) delay = Math.max(0, intervalMs - (Date.now() - started));
     } catch {
       delay = Math.min(intervalMs * 2 ** failures, Math.max(intervalMs, MAX_BACKOFF_MS));
     }
