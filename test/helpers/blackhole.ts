@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import net from 'node:net';
-import { SERVER_URL } from './db.js';
+import { databaseUrlVia } from './db.js';
 
 /**
  * A TCP relay in front of MariaDB that can turn into a black hole: the database host that still
@@ -61,13 +61,7 @@ export async function startBlackHole(target: { host: string; port: number }): Pr
   const { port } = server.address() as net.AddressInfo;
 
   return {
-    url(database) {
-      const url = new URL(SERVER_URL.href);
-      url.hostname = '127.0.0.1';
-      url.port = String(port);
-      url.pathname = `/${database}`;
-      return url.href;
-    },
+    url: (database) => databaseUrlVia(port, database),
     swallow() {
       swallowing = true;
       for (const socket of sockets) silenced.add(socket);

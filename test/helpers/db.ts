@@ -67,6 +67,15 @@ export async function createTestDb(label: string): Promise<TestDb> {
   };
 }
 
+/** A DATABASE_URL for `database` that reaches MariaDB through a relay on 127.0.0.1:`port`. */
+export function databaseUrlVia(port: number, database: string): string {
+  const url = new URL(SERVER_URL.href);
+  url.hostname = '127.0.0.1';
+  url.port = String(port);
+  url.pathname = `/${database}`;
+  return url.href;
+}
+
 export function connectionOptions(): mysql.ConnectionOptions {
   return {
     host: SERVER_URL.hostname,

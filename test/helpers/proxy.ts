@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import net from 'node:net';
-import { SERVER_URL } from './db.js';
+import { databaseUrlVia } from './db.js';
 
 /**
  * A TCP proxy in front of MariaDB, for cutting the database away from a running server for real.
@@ -63,13 +63,7 @@ export async function startDbProxy(target: { host: string; port: number }): Prom
     sockets.clear();
   };
   return {
-    url(database) {
-      const url = new URL(SERVER_URL.href);
-      url.hostname = '127.0.0.1';
-      url.port = String(port);
-      url.pathname = `/${database}`;
-      return url.href;
-    },
+    url: (database) => databaseUrlVia(port, database),
     queries,
     cut,
     restore() {

@@ -1,6 +1,7 @@
 import http, { type IncomingMessage } from 'node:http';
 import net from 'node:net';
 import { StringDecoder } from 'node:string_decoder';
+import { FRAGMENT } from './stream.js';
 import { waitUntil } from './wait.js';
 
 /** The request a curl-like client sends for a stream. */
@@ -71,8 +72,6 @@ export interface StreamTally {
   waitForCount(count: number, timeoutMs?: number): Promise<void>;
   close(): void;
 }
-
-const FRAGMENT = /<div class="msg" data-id="(\d+)">([\s\S]*?)<\/div>\n/g;
 
 export async function openTally(url: URL): Promise<StreamTally> {
   const req = http.get(url, { agent: false });
