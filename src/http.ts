@@ -50,12 +50,14 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     noDelay: true,
   });
 
-  const { html } = deps.transports;
-  const streamRoutes = new Map<string, Transport>([['/stream', html]]);
+  const streamRoutes = new Map<string, Transport>([['/stream', deps.transports.html]]);
   const routes: Record<string, Record<string, Handler>> = {
-    '/stream': { GET: openStream(html), HEAD: openStream(html) },
     '/healthz': { GET: healthz, HEAD: healthz },
   };
+  for (const [path, transport] of streamRoutes) {
+    const open = openStream(transport);
+    routes[path] = { GET: open, HEAD: open };
+  }
   // The front serves new streams on bare sockets whenever it can; requests it passes on
   // (including a stream asked for on a kept-alive connection) take the node:http path below.
   const front = createFront({

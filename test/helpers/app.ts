@@ -32,18 +32,22 @@ export interface TestApp {
  * Starts the real server in-process on an ephemeral port against `databaseUrl`. `env` overrides
  * the test defaults (50 ms ticks, debug logs). Set ROWCAST_TEST_LOGS=1 to see the logs on stderr.
  */
-export async function startApp(
-  databaseUrl: string,
-  env: Record<string, string> = {},
-): Promise<TestApp> {
-  const config = loadConfig({
+/** The environment every test server starts from: port 0, 50 ms ticks, debug logs; `env` wins. */
+export function testEnv(databaseUrl: string, env: Record<string, string>): Record<string, string> {
+  return {
     DATABASE_URL: databaseUrl,
     PORT: '0',
     POLL_INTERVAL_MS: '50',
     LOG_LEVEL: 'debug',
-    WORKERS: '1',
     ...env,
-  });
+  };
+}
+
+export async function startApp(
+  databaseUrl: string,
+  env: Record<string, string> = {},
+): Promise<TestApp> {
+  const config = loadConfig(testEnv(databaseUrl, { WORKERS: '1', ...env }));
   const logs = createLogRecorder();
   const app = createApp(config, createLogger(config.logLevel, logs.stream));
   const url = await app.start();
@@ -96,14 +100,7 @@ export async function startCluster(
   workers: number,
   env: Record<string, string> = {},
 ): Promise<TestCluster> {
-  const fullEnv = {
-    DATABASE_URL: databaseUrl,
-    PORT: '0',
-    POLL_INTERVAL_MS: '50',
-    LOG_LEVEL: 'debug',
-    ...env,
-    WORKERS: String(workers),
-  };
+  const fullEnv = testEnv(databaseUrl, { ...env, WORKERS: String(workers) });
   const config = loadConfig(fullEnv);
   const logs = createLogRecorder();
   const app = createClusterPrimary(config, createLogger(config.logLevel, logs.stream), {

@@ -3,7 +3,7 @@ import http from 'node:http';
 import { type App, createApp } from '../../src/app.js';
 import { type Config, loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
-import { createLogRecorder, type LogRecorder } from './app.js';
+import { createLogRecorder, type LogRecorder, testEnv } from './app.js';
 import { waitUntil } from './wait.js';
 
 /** A wired app that has not been started: for tests that watch `start()` itself. */
@@ -18,13 +18,7 @@ export function createUnstartedApp(
   databaseUrl: string,
   env: Record<string, string> = {},
 ): UnstartedApp {
-  const config = loadConfig({
-    DATABASE_URL: databaseUrl,
-    PORT: '0',
-    POLL_INTERVAL_MS: '50',
-    LOG_LEVEL: 'debug',
-    ...env,
-  });
+  const config = loadConfig(testEnv(databaseUrl, env));
   const logs = createLogRecorder();
   const app = createApp(config, createLogger(config.logLevel, logs.stream));
   return { app, config, logs };
