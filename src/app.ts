@@ -5,6 +5,7 @@ import type { Logger } from './log.js';
 import type { Poller } from './poller.js';
 import { createPolling, healthReport, type Polling } from './polling.js';
 import { createTransports } from './transports/index.js';
+import type { Transport } from './transports/transport.js';
 
 /** A running rowcast, one process or many: what main.ts drives and tests start on port 0. */
 export interface App {
@@ -24,6 +25,12 @@ export interface SingleApp extends App {
   readonly hub: Hub;
 }
 
+/** A stream waiting for its replay. */
+interface Resuming {
+  readonly transport: Transport;
+  readonly done: (frame: Buffer | null) => void;
+}
+
 // Streams that do not take their closing frame within this time are destroyed at shutdown.
 export const SHUTDOWN_GRACE_MS = 3_000;
 
@@ -37,10 +44,26 @@ export function createApp(config: Config, logger: Logger): SingleApp {
   const polling = createPolling(config, logger, (batch) =>
     hub.broadcast((transport) => transport.frame(batch)),
   );
+  // Each replay is framed once per transport, whatever the number of streams resuming with it.
+  const replayer = polling.replayer<Resuming>(
+    (waiters, rows) => {
+      const frames = new Map<Transport, Buffer>();
+      for (const { transport, done } of waiters) {
+        const frame = frames.get(transport) ?? transport.frame(rows);
+        frames.set(transport, frame);
+        done(frame);
+      }
+    },
+    (waiters) => {
+      for (const { done } of waiters) done(null);
+    },
+  );
   const http = createServer(config, {
     hub,
     transports,
     health: () => healthReport(config, polling.poller.health(), hub.size),
+    resume: (since, transport, done) => replayer.request(since, { transport, done }),
+    publish: (content) => polling.publish(content),
     logger,
   });
   return {

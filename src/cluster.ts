@@ -8,18 +8,28 @@ import type { Logger } from './log.js';
 import type { PollerHealth } from './poller.js';
 import { createPolling, healthReport } from './polling.js';
 import { createTransports, frameAll } from './transports/index.js';
+import type { Transport } from './transports/transport.js';
 
 /** Primary → worker. */
 type ToWorker =
   | { readonly t: 'batch'; readonly seq: number; readonly frames: Map<string, Uint8Array> }
   | { readonly t: 'health'; readonly poll: PollerHealth; readonly streams: number }
+  /** The replay for these requests, framed per transport; null when it could not be read. */
+  | {
+      readonly t: 'replayed';
+      readonly reqs: number[];
+      readonly frames: Map<string, Uint8Array> | null;
+    }
+  | { readonly t: 'published'; readonly req: number; readonly id?: string; readonly error?: string }
   | { readonly t: 'close' };
 
 /** Worker → primary. */
 type ToPrimary =
   | { readonly t: 'ready'; readonly url: string }
   | { readonly t: 'ack'; readonly seq: number; readonly written: number }
-  | { readonly t: 'streams'; readonly n: number };
+  | { readonly t: 'streams'; readonly n: number }
+  | { readonly t: 'replay'; readonly req: number; readonly since: string }
+  | { readonly t: 'publish'; readonly req: number; readonly content: string };
 
 export interface ClusterOptions {
   /** Environment for the workers (they read their configuration from it, as main does). */
@@ -61,6 +71,11 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
   let starting: { resolve: (url: URL) => void; reject: (err: Error) => void } | null = null;
 
   const polling = createPolling(config, logger, deliver);
+  // Replays are framed once and sent once per worker, whatever the number of its streams resuming.
+  const replayer = polling.replayer<{ entry: Live; req: number }>(
+    (waiters, rows) => replied(waiters, frameAll(transports, rows)),
+    (waiters) => replied(waiters, null),
+  );
 
   cluster.setupPrimary({
     exec: WORKER_ENTRY,
@@ -109,7 +124,25 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
       case 'streams':
         entry.streams = message.n;
         break;
+      case 'replay':
+        replayer.request(message.since, { entry, req: message.req });
+        break;
+      case 'publish':
+        polling.publish(message.content).then(
+          (id) => send(entry, { t: 'published', req: message.req, id }),
+          (err: Error) => send(entry, { t: 'published', req: message.req, error: err.message }),
+        );
+        break;
     }
+  }
+
+  function replied(
+    waiters: readonly { entry: Live; req: number }[],
+    frames: Map<string, Uint8Array> | null,
+  ): void {
+    const reqs = new Map<Live, number[]>();
+    for (const { entry, req } of waiters) reqs.set(entry, [...(reqs.get(entry) ?? []), req]);
+    for (const [entry, ids] of reqs) send(entry, { t: 'replayed', reqs: ids, frames });
   }
 
   function onExit(entry: Live, code: number | null, signal: string | null): void {
@@ -242,13 +275,34 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
   });
   let poll: PollerHealth = { state: 'starting', lastOkAt: null, failures: 0, pendingMarks: 0 };
   let total = 0;
+  const send = (message: ToPrimary) => process.send?.(message);
+  // Requests to the primary waiting for its answer, by request number.
+  let requests = 0;
+  const resuming = new Map<
+    number,
+    { transport: Transport; done: (frame: Buffer | null) => void }
+  >();
+  const publishing = new Map<
+    number,
+    { resolve: (id: string) => void; reject: (err: Error) => void }
+  >();
   const http = createServer(config, {
     hub,
     transports: createTransports(config),
     health: () => healthReport(config, poll, total),
+    resume(since, transport, done) {
+      const req = ++requests;
+      resuming.set(req, { transport, done });
+      send({ t: 'replay', req, since });
+    },
+    publish: (content) =>
+      new Promise((resolve, reject) => {
+        const req = ++requests;
+        publishing.set(req, { resolve, reject });
+        send({ t: 'publish', req, content });
+      }),
     logger,
   });
-  const send = (message: ToPrimary) => process.send?.(message);
   let closing: Promise<void> | null = null;
   const close = () => {
     closing ??= http.close(SHUTDOWN_GRACE_MS).then(() => process.exit(0));
@@ -269,6 +323,21 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
         poll = message.poll;
         total = message.streams;
         break;
+      case 'replayed':
+        for (const req of message.reqs) {
+          const waiter = resuming.get(req);
+          resuming.delete(req);
+          const frames = message.frames;
+          waiter?.done(frames === null ? null : asBuffer(frames.get(waiter.transport.name)));
+        }
+        break;
+      case 'published': {
+        const waiter = publishing.get(message.req);
+        publishing.delete(message.req);
+        if (message.id !== undefined) waiter?.resolve(message.id);
+        else waiter?.reject(new Error(message.error));
+        break;
+      }
       case 'close':
         void close();
         break;

@@ -23,6 +23,12 @@ export interface Config {
   readonly maxContentBytes: number;
   readonly logLevel: LogLevel;
   readonly workers: number;
+  /** Most rows replayed to a stream that resumes (`?since=` or `Last-Event-ID`). */
+  readonly replayLimit: number;
+  /** Bearer token for POST /messages; null leaves publishing over HTTP off. */
+  readonly publishToken: string | null;
+  /** Origins allowed to read the streams cross-origin (CORS): '*', a list, or null for none. */
+  readonly allowOrigin: '*' | readonly string[] | null;
 }
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -73,6 +79,10 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     logLevel: parseLogLevel(read('LOG_LEVEL') ?? 'info', problems),
     // One worker process per core; 1 serves from a single process (no cluster).
     workers: int('WORKERS', availableParallelism(), 1, 64),
+    // Enough for a chat page's visible history; each replay is bounded by bytes as well.
+    replayLimit: int('REPLAY_LIMIT', 1000, 1, 100_000),
+    publishToken: parsePublishToken(read('PUBLISH_TOKEN'), problems),
+    allowOrigin: parseAllowOrigin(read('ALLOW_ORIGIN'), problems),
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);
@@ -119,6 +129,40 @@ function parseTable(raw: string, problems: string[]): string {
     `MSG_TABLE=${JSON.stringify(raw)}: expected a plain table name (letters, digits, _; at most 64)`,
   );
   return 'msg';
+}
+
+// Guessable tokens defeat the point of asking for one.
+const MIN_TOKEN_CHARS = 16;
+
+function parsePublishToken(raw: string | undefined, problems: string[]): string | null {
+  if (raw === undefined) return null;
+  if (raw.length >= MIN_TOKEN_CHARS && !/\s/.test(raw)) return raw;
+  // The value itself is a secret: it is not repeated in the message.
+  problems.push(
+    `PUBLISH_TOKEN: expected at least ${MIN_TOKEN_CHARS} characters without spaces (e.g. openssl rand -hex 24)`,
+  );
+  return null;
+}
+
+function parseAllowOrigin(
+  raw: string | undefined,
+  problems: string[],
+): '*' | readonly string[] | null {
+  if (raw === undefined) return null;
+  if (raw === '*') return '*';
+  const origins = raw.split(',').map((origin) => origin.trim());
+  const bad = origins.find((origin) => {
+    try {
+      return new URL(origin).origin !== origin;
+    } catch {
+      return true;
+    }
+  });
+  if (bad === undefined) return Object.freeze(origins);
+  problems.push(
+    `ALLOW_ORIGIN=${JSON.stringify(raw)}: expected * or comma-separated origins such as https://example.com (${JSON.stringify(bad)} is not one)`,
+  );
+  return null;
 }
 
 function parseLogLevel(raw: string, problems: string[]): LogLevel {

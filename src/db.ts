@@ -6,7 +6,7 @@ import { DbAccessError, SchemaError } from './errors.js';
 import type { Logger } from './log.js';
 import type { Row } from './transports/transport.js';
 
-/** The database work of rowcast: one table, three statements. */
+/** The database work of rowcast: one table, a handful of statements. */
 export interface Db {
   /** Creates the table when missing and checks that an existing one has the columns we need. */
   ensureSchema(): Promise<void>;
@@ -15,6 +15,14 @@ export interface Db {
    * BATCH_MAX_BYTES (always at least one row). `more` is true when a bound stopped the read.
    */
   fetchPending(limit: number): Promise<Batch>;
+  /**
+   * The newest rows with an id above `since` that were delivered (`flag = 1`, or in `unmarked`:
+   * written but not marked yet), in id order: at most `limit`, and no more content than
+   * BATCH_MAX_BYTES. `more` is true when older ones were left out.
+   */
+  fetchDelivered(since: string, limit: number, unmarked: readonly string[]): Promise<Batch>;
+  /** Inserts a row with `flag = 0`; resolves with its id. */
+  insert(content: string): Promise<string>;
   /** Sets `flag = 1` on exactly these rows. */
   markDelivered(ids: readonly string[]): Promise<void>;
   close(): Promise<void>;
@@ -69,17 +77,59 @@ export function createDb(config: Config, logger: Logger): Db {
   // huge row never crosses the wire whole, and sent as bytes so the cut may fall inside a
   // character: decode() below drops such a partial tail.
   const utf8 = (column: string) => `CONVERT(${column} USING utf8mb4)`;
-  const selectPending = `SELECT b.id, b.bytes, b.upto,
+  // Found by ensureSchema: only id, content and flag are required of an existing table.
+  let createdAt = 'NULL';
+  /**
+   * The rows matching `where`, in id order: the first (or with `newest`, the last) `limit` of
+   * them, as many as fit in BATCH_MAX_BYTES (at least one).
+   */
+  const selectRows = (where: string, newest: boolean) => {
+    const order = newest ? 'DESC' : 'ASC';
+    return `SELECT b.id, b.bytes, b.upto, ${createdAt} AS created_ms,
       LEFT(CAST(${utf8('m.content')} AS BINARY), ${max}) AS content
     FROM (
-      SELECT p.id, p.bytes, SUM(LEAST(p.bytes, ${max})) OVER (ORDER BY p.id) AS upto
+      SELECT p.id, p.bytes, SUM(LEAST(p.bytes, ${max})) OVER (ORDER BY p.id ${order}) AS upto
       FROM (
         SELECT id, COALESCE(OCTET_LENGTH(${utf8('content')}), 0) AS bytes
-        FROM ${table} WHERE flag = 0 ORDER BY id LIMIT ?
+        FROM ${table} WHERE ${where} ORDER BY id ${order} LIMIT ?
       ) AS p
     ) AS b JOIN ${table} AS m ON m.id = b.id
     WHERE b.upto - LEAST(b.bytes, ${max}) < ${BATCH_MAX_BYTES}
     ORDER BY b.id`;
+  };
+
+  /**
+   * Runs a selectRows statement; `more` is true when a bound (rows or bytes) left rows out. Odd
+   * rows are logged on their first delivery only (`warn`), not again on every replay.
+   */
+  async function readRows(sql: string, values: unknown[], limit: number, warn: boolean) {
+    const found = await run<FoundRow[]>(sql, [...values, limit]);
+    const upto = Math.max(0, ...found.map((raw) => Number(raw.upto)));
+    const more = found.length === limit || upto >= BATCH_MAX_BYTES;
+    const rows = found.map(toRow);
+    if (warn) rows.forEach(warnIfOdd);
+    return { rows, more };
+  }
+
+  function toRow(raw: FoundRow): Row {
+    return {
+      id: String(raw.id),
+      content: raw.content === null ? null : decode(raw.content),
+      truncatedFrom: Number(raw.bytes) > max ? Number(raw.bytes) : null,
+      createdAt: raw.created_ms === null ? null : Number(raw.created_ms),
+    };
+  }
+
+  function warnIfOdd(row: Row): void {
+    if (row.content === null) {
+      log.warn({ event: 'row.null', id: row.id }, 'row has NULL content; sent as empty');
+    } else if (row.truncatedFrom !== null) {
+      log.warn(
+        { event: 'row.truncated', id: row.id, bytes: row.truncatedFrom, limit: max },
+        'row content over MAX_CONTENT_BYTES; sent cut',
+      );
+    }
+  }
 
   async function run<T>(sql: string, values: unknown[] = []): Promise<T> {
     const conn = await pool.getConnection();
@@ -105,6 +155,7 @@ export function createDb(config: Config, logger: Logger): Db {
         );
         const have = new Set(columns.map((c) => c.name.toLowerCase()));
         const missing = REQUIRED_COLUMNS.filter((name) => !have.has(name));
+        createdAt = have.has('created_at') ? 'ROUND(UNIX_TIMESTAMP(m.created_at) * 1000)' : 'NULL';
         if (missing.length > 0) {
           throw new SchemaError(
             `table ${table} in database \`${config.db.database}\` has no column ${missing.join(', ')}; ` +
@@ -120,28 +171,23 @@ export function createDb(config: Config, logger: Logger): Db {
       }
     },
 
-    async fetchPending(limit) {
-      const found = await run<PendingRow[]>(selectPending, [limit]);
-      const last = found[found.length - 1];
-      const more =
-        found.length === limit || (last !== undefined && Number(last.upto) >= BATCH_MAX_BYTES);
-      const rows = found.map((raw) => {
-        const row: Row = {
-          id: String(raw.id),
-          content: raw.content === null ? null : decode(raw.content),
-          truncatedFrom: Number(raw.bytes) > max ? Number(raw.bytes) : null,
-        };
-        if (row.content === null) {
-          log.warn({ event: 'row.null', id: row.id }, 'row has NULL content; sent as empty');
-        } else if (row.truncatedFrom !== null) {
-          log.warn(
-            { event: 'row.truncated', id: row.id, bytes: row.truncatedFrom, limit: max },
-            'row content over MAX_CONTENT_BYTES; sent cut',
-          );
-        }
-        return row;
-      });
-      return { rows, more };
+    fetchPending(limit) {
+      return readRows(selectRows('flag = 0', false), [], limit, true);
+    },
+
+    fetchDelivered(since, limit, unmarked) {
+      // Rows written but whose mark has not reached the table yet count as delivered too.
+      const delivered =
+        unmarked.length === 0 ? 'flag = 1' : `(flag = 1 OR id IN (${unmarked.join(',')}))`;
+      return readRows(selectRows(`id > ? AND ${delivered}`, true), [since], limit, false);
+    },
+
+    async insert(content) {
+      const result = await run<{ insertId: number | string }>(
+        `INSERT INTO ${table} (content) VALUES (?)`,
+        [content],
+      );
+      return String(result.insertId);
     },
 
     async markDelivered(ids) {
@@ -157,8 +203,10 @@ export function createDb(config: Config, logger: Logger): Db {
   };
 }
 
-interface PendingRow {
+interface FoundRow {
   readonly id: unknown;
+  /** `created_at` in ms since the epoch, as DECIMAL text, or null. */
+  readonly created_ms: unknown;
   readonly content: Buffer | null;
   /** Size of the whole content in UTF-8 bytes (0 for NULL). */
   readonly bytes: unknown;

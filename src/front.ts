@@ -15,8 +15,8 @@ export interface StreamRequest {
 export interface FrontOptions {
   /** Everything the front does not serve itself goes here, bytes already read included. */
   readonly http: http.Server;
-  /** Whether a GET on `path` is a stream the front should serve on the bare socket right now. */
-  readonly takes: (path: string) => boolean;
+  /** Whether this GET is a stream the front should serve on the bare socket right now. */
+  readonly takes: (request: StreamRequest) => boolean;
   /** Serves an accepted stream: write the response head and the preamble, then keep the socket. */
   readonly open: (socket: net.Socket, request: StreamRequest) => void;
 }
@@ -43,7 +43,7 @@ export function createFront(options: FrontOptions): net.Server {
       if (end === -1 && head.length <= MAX_HEAD_BYTES) return;
       stop();
       const request = end === -1 ? null : parseHead(head.toString('latin1', 0, end));
-      if (request !== null && end + 4 === head.length && takes(request.path)) {
+      if (request !== null && end + 4 === head.length && takes(request)) {
         open(socket, request);
       } else {
         handOver(socket, head, http);

@@ -1,9 +1,12 @@
+import { readFileSync } from 'node:fs';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Config } from './config.js';
 import { createFront, type StreamRequest } from './front.js';
-import { chunk, type Hub } from './hub.js';
+import { chunk, type Framing, finalBytes, type Hub, type Stream } from './hub.js';
 import type { Logger } from './log.js';
+import { createPublishHandler } from './publish.js';
+import { reply } from './reply.js';
 import type { Transports } from './transports/index.js';
 import type { Transport } from './transports/transport.js';
 
@@ -16,6 +19,18 @@ export interface ServerDeps {
   readonly hub: Hub;
   readonly transports: Transports;
   readonly health: () => HealthReport;
+  /**
+   * Frames for `transport` the delivered rows after `since` and calls `done` with them between
+   * two ticks, so that `done` joins the stream to the hub before the next tick writes; `null` when
+   * they could not be read.
+   */
+  readonly resume: (
+    since: string,
+    transport: Transport,
+    done: (frame: Buffer | null) => void,
+  ) => void;
+  /** Inserts a row for POST /messages and makes it go out at once; resolves with its id. */
+  readonly publish: (content: string) => Promise<string>;
   readonly logger: Logger;
 }
 
@@ -32,12 +47,24 @@ export interface HttpServer {
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 
+/** What a stream request asks for beyond its route. */
+interface StreamAsk {
+  /** Resume after this row id (digits, no leading zeros), or null for live rows only. */
+  readonly since: string | null;
+  /** The CORS headers its Origin earns. */
+  readonly cors: Readonly<Record<string, string>>;
+}
+
 // Seconds a client should wait before it retries a refused stream.
 const RETRY_AFTER_S = '5';
+const MAX_ROW_ID = 2n ** 64n - 1n;
+const DEMO_PAGE = new URL('../../public/index.html', import.meta.url);
 
 export function createServer(config: Config, deps: ServerDeps): HttpServer {
-  const { hub, logger } = deps;
+  const { hub, transports, logger } = deps;
   const log = logger.child({ mod: 'http' });
+  // Streams waiting for their replay: open, not in the hub yet, counted against MAX_STREAMS.
+  const resuming = new Set<Stream>();
   let closing = false;
   let full = false;
 
@@ -50,26 +77,53 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     noDelay: true,
   });
 
-  const streamRoutes = new Map<string, Transport>([['/stream', deps.transports.html]]);
+  const streamRoutes = new Map<string, Transport>([
+    ['/stream', transports.html],
+    ['/events', transports.sse],
+    ['/stream.ndjson', transports.ndjson],
+  ]);
+  const demoPage = readFileSync(DEMO_PAGE);
+  const publish = createPublishHandler({
+    token: config.publishToken,
+    maxContentBytes: config.maxContentBytes,
+    publish: deps.publish,
+    logger,
+  });
   const routes: Record<string, Record<string, Handler>> = {
+    '/': { GET: demo, HEAD: demo },
     '/healthz': { GET: healthz, HEAD: healthz },
+    '/messages': {
+      POST: (req, res) =>
+        void publish(req, res).catch((err: unknown) => {
+          log.error({ event: 'publish.error', err }, 'publish handler failed');
+          res.destroy();
+        }),
+    },
   };
   for (const [path, transport] of streamRoutes) {
     const open = openStream(transport);
     routes[path] = { GET: open, HEAD: open };
+    if (config.allowOrigin !== null) routes[path].OPTIONS = preflight;
   }
   // The front serves new streams on bare sockets whenever it can; requests it passes on
   // (including a stream asked for on a kept-alive connection) take the node:http path below.
   const front = createFront({
     http: server,
-    takes: (path) => streamRoutes.has(path) && acceptsStream(),
+    takes: (request) =>
+      streamRoutes.has(request.path) &&
+      acceptsStream() &&
+      streamAsk(
+        request.query,
+        request.headers.get('last-event-id'),
+        request.headers.get('origin'),
+      ) !== null,
     open: openBareStream,
   });
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-    const path = pathOf(req.url ?? '');
-    if (path === null) return reply(res, 400, 'bad request target\n');
-    const route = routes[path];
+    const target = splitTarget(req.url ?? '');
+    if (target === null) return reply(res, 400, 'bad request target\n');
+    const route = routes[target.path];
     if (route === undefined) return reply(res, 404, 'not found\n');
     const handler = route[req.method ?? ''];
     if (handler === undefined) {
@@ -79,7 +133,34 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
   });
 
   function acceptsStream(): boolean {
-    return !closing && hub.size < config.maxStreams;
+    return !closing && hub.size + resuming.size < config.maxStreams;
+  }
+
+  /** The since and CORS headers of a stream request, or null when its resume id is not one. */
+  function streamAsk(
+    query: string,
+    lastEventId: string | undefined,
+    origin: string | undefined,
+  ): StreamAsk | null {
+    // EventSource sends Last-Event-ID on reconnect: it is newer than the since= of its URL.
+    const raw = lastEventId || new URLSearchParams(query).get('since');
+    let since: string | null = null;
+    if (raw !== null && raw !== undefined) {
+      if (!/^\d{1,20}$/.test(raw) || BigInt(raw) > MAX_ROW_ID) return null;
+      since = BigInt(raw).toString();
+    }
+    return { since, cors: corsHeaders(origin) };
+  }
+
+  function corsHeaders(origin: string | undefined): Record<string, string> {
+    const allowed = config.allowOrigin;
+    if (allowed === null) return {};
+    if (allowed === '*') return { 'Access-Control-Allow-Origin': '*' };
+    const headers: Record<string, string> = { Vary: 'Origin' };
+    if (origin !== undefined && allowed.includes(origin)) {
+      headers['Access-Control-Allow-Origin'] = origin;
+    }
+    return headers;
   }
 
   function openStream(transport: Transport): Handler {
@@ -87,8 +168,13 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
       if (closing) {
         return reply(res, 503, 'server is shutting down\n', { 'Retry-After': RETRY_AFTER_S });
       }
+      const query = splitTarget(req.url ?? '')?.query ?? '';
+      const ask = streamAsk(query, header(req, 'last-event-id'), header(req, 'origin'));
+      if (ask === null) {
+        return reply(res, 400, 'since / Last-Event-ID must be a row id (decimal digits)\n');
+      }
       if (req.method === 'HEAD') {
-        res.writeHead(200, transport.headers).end();
+        res.writeHead(200, { ...transport.headers, ...ask.cors }).end();
         return;
       }
       if (!acceptsStream()) {
@@ -101,22 +187,53 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
       }
       full = false;
       req.socket.setTimeout(0);
-      res.writeHead(200, transport.headers);
-      res.write(transport.preamble);
-      hub.add(res, transport, 'raw');
+      res.writeHead(200, { ...transport.headers, ...ask.cors });
+      if (transport.preamble.length > 0) res.write(transport.preamble);
+      join(res, transport, 'raw', ask.since);
     };
   }
 
   function openBareStream(socket: Socket, request: StreamRequest): void {
     const transport = streamRoutes.get(request.path) as Transport;
+    const ask = streamAsk(
+      request.query,
+      request.headers.get('last-event-id'),
+      request.headers.get('origin'),
+    ) as StreamAsk;
     full = false;
-    const head = responseHead(transport, request.http11);
+    const framing: Framing = request.http11 ? 'chunked' : 'raw';
+    const head = responseHead(transport, ask.cors, request.http11);
+    const preamble = transport.preamble;
     socket.write(
-      request.http11
-        ? Buffer.concat([head, chunk(transport.preamble)])
-        : Buffer.concat([head, transport.preamble]),
+      preamble.length === 0
+        ? head
+        : Buffer.concat([head, framing === 'chunked' ? chunk(preamble) : preamble]),
     );
-    hub.add(socket, transport, request.http11 ? 'chunked' : 'raw');
+    join(socket, transport, framing, ask.since);
+  }
+
+  /** Puts an open stream in the hub, after its replay when it resumes. */
+  function join(stream: Stream, transport: Transport, framing: Framing, since: string | null) {
+    if (since === null) return hub.add(stream, transport, framing);
+    resuming.add(stream);
+    deps.resume(since, transport, (frame) => {
+      resuming.delete(stream);
+      if (stream.destroyed || stream.writableEnded) return;
+      // Without its replay the stream would have a gap: end it, and the client retries.
+      if (frame === null) return void stream.end(finalBytes(transport, framing));
+      if (frame.length > 0) stream.write(framing === 'chunked' ? chunk(frame) : frame);
+      hub.add(stream, transport, framing);
+    });
+  }
+
+  function preflight(req: IncomingMessage, res: ServerResponse): void {
+    res.writeHead(204, {
+      ...corsHeaders(header(req, 'origin')),
+      'Access-Control-Allow-Methods': 'GET, HEAD',
+      'Access-Control-Allow-Headers': 'Last-Event-ID, Cache-Control',
+      'Access-Control-Max-Age': '600',
+    });
+    res.end();
   }
 
   function healthz(_req: IncomingMessage, res: ServerResponse): void {
@@ -124,6 +241,19 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     reply(res, report.healthy ? 200 : 503, `${JSON.stringify(report.body)}\n`, {
       'Content-Type': 'application/json',
     });
+  }
+
+  function demo(_req: IncomingMessage, res: ServerResponse): void {
+    res.writeHead(200, {
+      'Content-Type': 'text/html; charset=utf-8',
+      'Content-Length': demoPage.length,
+      'Cache-Control': 'no-cache',
+      'X-Content-Type-Options': 'nosniff',
+      // The page's own inline script and style, and requests to this server only.
+      'Content-Security-Policy':
+        "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    });
+    res.end(demoPage);
   }
 
   return {
@@ -143,6 +273,7 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
       // Resolves once every connection the front accepted has closed, handed-over ones included.
       const closed = new Promise<void>((resolve) => front.close(() => resolve()));
       hub.closeAll();
+      for (const stream of resuming) stream.destroy();
       server.closeIdleConnections();
       const grace = setTimeout(() => {
         hub.destroyAll();
@@ -154,42 +285,39 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
   };
 }
 
+function header(req: IncomingMessage, name: string): string | undefined {
+  const value = req.headers[name];
+  return Array.isArray(value) ? value[value.length - 1] : value;
+}
+
 /** The status line and headers of a stream served on a bare socket, as node:http would write them. */
-function responseHead(transport: Transport, http11: boolean): Buffer {
+function responseHead(
+  transport: Transport,
+  cors: Readonly<Record<string, string>>,
+  http11: boolean,
+): Buffer {
   const lines = ['HTTP/1.1 200 OK'];
-  for (const [name, value] of Object.entries(transport.headers)) lines.push(`${name}: ${value}`);
+  for (const [name, value] of Object.entries({ ...transport.headers, ...cors })) {
+    lines.push(`${name}: ${value}`);
+  }
   lines.push(`Date: ${new Date().toUTCString()}`);
   lines.push(http11 ? 'Transfer-Encoding: chunked' : 'Connection: close');
   return Buffer.from(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
 }
 
-/** The path of an origin-form (`/stream?x`) or absolute-form (`http://h/stream`) target. */
-function pathOf(target: string): string | null {
+/** Path and query of an origin-form (`/stream?x`) or absolute-form (`http://h/stream`) target. */
+function splitTarget(target: string): { path: string; query: string } | null {
   if (target.startsWith('/')) {
-    const query = target.indexOf('?');
-    return query === -1 ? target : target.slice(0, query);
+    const mark = target.indexOf('?');
+    return mark === -1
+      ? { path: target, query: '' }
+      : { path: target.slice(0, mark), query: target.slice(mark + 1) };
   }
   try {
     const url = new URL(target);
-    return url.protocol === 'http:' || url.protocol === 'https:' ? url.pathname : null;
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') return null;
+    return { path: url.pathname, query: url.search.slice(1) };
   } catch {
     return null;
   }
-}
-
-/** A small plain-text (or given type) answer with an exact length; HEAD gets no body. */
-function reply(
-  res: ServerResponse,
-  status: number,
-  body: string,
-  headers: Record<string, string> = {},
-): void {
-  res.writeHead(status, {
-    'Content-Type': 'text/plain; charset=utf-8',
-    'Content-Length': Buffer.byteLength(body),
-    'Cache-Control': 'no-store',
-    'X-Content-Type-Options': 'nosniff',
-    ...headers,
-  });
-  res.end(body);
 }

@@ -10,6 +10,8 @@ export interface Stream {
   end(chunk: Buffer): unknown;
   destroy(): unknown;
   readonly writableLength: number;
+  readonly writableEnded: boolean;
+  readonly destroyed: boolean;
   on(event: 'close', listener: (this: Stream) => void): unknown;
   on(event: 'error', listener: (this: Stream, err: Error) => void): unknown;
 }
@@ -173,8 +175,7 @@ export function createHub(options: HubOptions): Hub {
       if (heartbeatTimer !== null) clearTimeout(heartbeatTimer);
       heartbeatTimer = null;
       for (const group of groups) {
-        const closing = group.transport.closing;
-        const last = group.chunked ? Buffer.concat([chunk(closing), LAST_CHUNK]) : closing;
+        const last = finalBytes(group.transport, group.chunked ? 'chunked' : 'raw');
         for (const stream of group.streams) stream.end(last);
       }
     },
@@ -186,7 +187,14 @@ export function createHub(options: HubOptions): Hub {
   };
 }
 
-/** `bytes` as one HTTP/1.1 chunk. */
+/** What ends a stream: the transport's closing frame, then the last chunk where chunked. */
+export function finalBytes(transport: Transport, framing: Framing): Buffer {
+  const closing = transport.closing;
+  if (framing === 'raw') return closing;
+  return closing.length === 0 ? LAST_CHUNK : Buffer.concat([chunk(closing), LAST_CHUNK]);
+}
+
+/** `bytes` as one HTTP/1.1 chunk (never empty: an empty chunk ends the body). */
 export function chunk(bytes: Buffer): Buffer {
   return Buffer.concat([Buffer.from(`${bytes.length.toString(16)}\r\n`), bytes, CRLF]);
 }

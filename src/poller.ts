@@ -21,6 +21,12 @@ export interface Poller {
   pollOnce(): Promise<void>;
   /** Makes the loop tick now instead of at the end of the interval (say, after a publish). */
   wake(): void;
+  /**
+   * Runs `job` between two ticks, none running meanwhile, and resolves with its result. `job` gets
+   * the ids written to the streams whose mark has not reached the table yet: with those, every row
+   * is either delivered or still pending while it runs.
+   */
+  exclusive<T>(job: (unmarked: readonly string[]) => Promise<T>): Promise<T>;
   /** Stops the loop; resolves once the running tick has delivered and marked. */
   stop(): Promise<void>;
   health(): PollerHealth;
@@ -166,6 +172,11 @@ export function createPoller(options: PollerOptions): Poller {
       }
       clearTimeout(timer);
       timer = setTimeout(loop, 0);
+    },
+    exclusive(job) {
+      const result = queue.then(() => job(unmarked));
+      queue = result.catch(() => undefined);
+      return result;
     },
     async stop() {
       running = false;

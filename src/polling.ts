@@ -11,6 +11,7 @@ import {
   type PollerHealth,
   type PollerOptions,
 } from './poller.js';
+import { createReplayer, type Replayer, type ReplayerOptions } from './replay.js';
 
 /** The database side of a server: the pool, the schema check and the tick loop. */
 export interface Polling {
@@ -20,6 +21,10 @@ export interface Polling {
    * DbAccessError when retrying cannot help, or with an AbortError once `close` was called.
    */
   waitForSchema(): Promise<void>;
+  /** Inserts a row and wakes the poller, so it goes out now rather than at the next tick. */
+  publish(content: string): Promise<string>;
+  /** A replayer for resuming streams, reading through this pool between this poller's ticks. */
+  replayer<W>(serve: ReplayerOptions<W>['serve'], fail: ReplayerOptions<W>['fail']): Replayer<W>;
   /** Stops the loop after the running tick has delivered and marked, then closes the pool. */
   close(): Promise<void>;
 }
@@ -60,6 +65,13 @@ export function createPolling(
         }
       }
     },
+    async publish(content) {
+      const id = await db.insert(content);
+      poller.wake();
+      return id;
+    },
+    replayer: (serve, fail) =>
+      createReplayer({ db, poller, limit: config.replayLimit, logger, serve, fail }),
     async close() {
       stopping.abort();
       await poller.stop();

@@ -111,7 +111,7 @@ test('GET /healthz answers 200 with JSON while polling works', async () => {
 });
 
 test('unknown paths get 404 with a small plain-text body', async () => {
-  for (const path of ['/', '/nope', '/stream/extra', '/STREAM']) {
+  for (const path of ['/nope', '/stream/extra', '/STREAM', '/events/', '/index.html']) {
     const answer = await request(path);
     assert.equal(answer.status, 404, path);
     assert.equal(answer.headers['content-type'], 'text/plain; charset=utf-8');

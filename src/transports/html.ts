@@ -1,5 +1,5 @@
 import { escapeHtml } from '../escape.js';
-import type { Row, Transport } from './transport.js';
+import { cutNote, type Row, STREAM_HEADERS, type Transport } from './transport.js';
 
 // The charset goes in the header and in a <meta> of the preamble: without it Chromium decodes the
 // page as windows-1252. Newlines in content stay visible (pre-wrap); long words wrap.
@@ -21,12 +21,7 @@ body{font:15px/1.45 system-ui,sans-serif;margin:0;padding:.5rem 1rem;color:#1d24
 export function createHtmlTransport(options: { padBytes: number }): Transport {
   return {
     name: 'html',
-    headers: {
-      'Content-Type': 'text/html; charset=utf-8',
-      'Cache-Control': 'no-cache, no-transform',
-      'X-Accel-Buffering': 'no',
-      'X-Content-Type-Options': 'nosniff',
-    },
+    headers: { 'Content-Type': 'text/html; charset=utf-8', ...STREAM_HEADERS },
     preamble: Buffer.from(PREAMBLE + padding(options.padBytes)),
     heartbeat: Buffer.from('<!-- -->\n'),
     closing: Buffer.from('<!-- rowcast: server shutting down -->\n</body></html>\n'),
@@ -35,10 +30,8 @@ export function createHtmlTransport(options: { padBytes: number }): Transport {
 }
 
 function fragment(row: Row): string {
-  const cut =
-    row.truncatedFrom === null
-      ? ''
-      : `<span class="truncated"> … [cut from ${row.truncatedFrom} bytes]</span>`;
+  const note = cutNote(row);
+  const cut = note === '' ? '' : `<span class="truncated">${note}</span>`;
   return `<div class="msg" data-id="${row.id}">${escapeHtml(row.content ?? '')}${cut}</div>\n`;
 }
 

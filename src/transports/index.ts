@@ -1,20 +1,24 @@
 import type { Config } from '../config.js';
 import { createHtmlTransport } from './html.js';
-import type { Transport } from './transport.js';
+import { createNdjsonTransport } from './ndjson.js';
+import { createSseTransport } from './sse.js';
+import type { Row, Transport, TransportName } from './transport.js';
 
 /** Every wire format the server offers, by name. Primary and workers build the same set. */
-export interface Transports {
-  readonly html: Transport;
-}
+export type Transports = Readonly<Record<TransportName, Transport>>;
 
 export function createTransports(config: Config): Transports {
-  return { html: createHtmlTransport({ padBytes: config.padBytes }) };
+  return {
+    html: createHtmlTransport({ padBytes: config.padBytes }),
+    sse: createSseTransport(),
+    ndjson: createNdjsonTransport(),
+  };
 }
 
-/** Each batch framed once per transport, keyed by transport name. */
-export function frameAll(transports: Transports, batch: Parameters<Transport['frame']>[0]) {
+/** A batch framed once per transport, keyed by transport name. */
+export function frameAll(transports: Transports, batch: readonly Row[]): Map<string, Buffer> {
   const frames = new Map<string, Buffer>();
-  for (const transport of Object.values(transports) as Transport[]) {
+  for (const transport of Object.values(transports)) {
     frames.set(transport.name, transport.frame(batch));
   }
   return frames;

@@ -6,6 +6,8 @@ export interface Row {
   readonly content: string | null;
   /** The full size in bytes when `content` was cut to MAX_CONTENT_BYTES, else `null`. */
   readonly truncatedFrom: number | null;
+  /** `created_at` in ms since the epoch; `null` when the table has no such column. */
+  readonly createdAt: number | null;
 }
 
 /**
@@ -13,13 +15,27 @@ export interface Row {
  * framed once per transport and the same Buffer is written to every stream of that transport.
  */
 export interface Transport {
-  readonly name: string;
+  readonly name: TransportName;
   readonly headers: Readonly<Record<string, string>>;
-  /** Sent once when a stream opens. */
+  /** Sent once when a stream opens (may be empty). */
   readonly preamble: Buffer;
   /** Sent to idle streams so proxies and clients keep the connection. */
   readonly heartbeat: Buffer;
-  /** Sent last when the server shuts down. */
+  /** Sent last when the server shuts down (may be empty). */
   readonly closing: Buffer;
   frame(batch: readonly Row[]): Buffer;
 }
+
+export type TransportName = 'html' | 'sse' | 'ndjson';
+
+/** What a row cut to MAX_CONTENT_BYTES carries after its text, so a reader sees it is not whole. */
+export function cutNote(row: Row): string {
+  return row.truncatedFrom === null ? '' : ` … [cut from ${row.truncatedFrom} bytes]`;
+}
+
+/** The headers every stream carries: no caching or compressing proxies, no buffering in nginx. */
+export const STREAM_HEADERS = {
+  'Cache-Control': 'no-cache, no-transform',
+  'X-Accel-Buffering': 'no',
+  'X-Content-Type-Options': 'nosniff',
+} as const;

@@ -1,0 +1,27 @@
+import { cutNote, type Row, STREAM_HEADERS, type Transport } from './transport.js';
+
+// EventSource waits this long before it reconnects after the stream ends (a restart, a dropped
+// connection); it then sends Last-Event-ID and gets what it missed.
+export const SSE_RETRY_MS = 2000;
+const LINE_BREAK = /\r\n|\r|\n/;
+
+/**
+ * Server-Sent Events for the browser's EventSource: one event per row, `id:` the row id, the
+ * content as `data:` lines. Every line break of the content (CRLF, CR or LF) starts a new `data:`
+ * line, so content can never end the event early or inject a field.
+ */
+export function createSseTransport(): Transport {
+  return {
+    name: 'sse',
+    headers: { 'Content-Type': 'text/event-stream; charset=utf-8', ...STREAM_HEADERS },
+    preamble: Buffer.from(`retry: ${SSE_RETRY_MS}\n\n`),
+    heartbeat: Buffer.from(':\n\n'),
+    closing: Buffer.from(': server shutting down\n\n'),
+    frame: (batch) => Buffer.from(batch.map(event).join('')),
+  };
+}
+
+function event(row: Row): string {
+  const text = (row.content ?? '') + cutNote(row);
+  return `id: ${row.id}\ndata: ${text.split(LINE_BREAK).join('\ndata: ')}\n\n`;
+}
