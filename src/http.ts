@@ -143,7 +143,7 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     origin: string | undefined,
   ): StreamAsk | null {
     // EventSource sends Last-Event-ID on reconnect: it is newer than the since= of its URL.
-    const raw = lastEventId || new URLSearchParams(query).get('since');
+    const raw = lastEventId || new URLSearchParams(query).get('since') || null;
     let since: string | null = null;
     if (raw !== null && raw !== undefined) {
       if (!/^\d{1,20}$/.test(raw) || BigInt(raw) > MAX_ROW_ID) return null;

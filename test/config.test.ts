@@ -36,6 +36,9 @@ test('defaults match the configuration table of the README', () => {
   assert.equal(config.maxContentBytes, 1_048_576);
   assert.equal(config.logLevel, 'info');
   assert.equal(config.workers, availableParallelism());
+  assert.equal(config.replayLimit, 1000);
+  assert.equal(config.publishToken, null);
+  assert.equal(config.allowOrigin, null);
   assert.ok(Object.isFrozen(config));
 });
 
@@ -54,6 +57,9 @@ test('every variable is read, and empty values count as unset', () => {
     MAX_CONTENT_BYTES: '4096',
     LOG_LEVEL: 'debug',
     WORKERS: '3',
+    REPLAY_LIMIT: '50',
+    PUBLISH_TOKEN: 'a-long-enough-secret',
+    ALLOW_ORIGIN: 'https://a.example, http://localhost:3000',
   });
   assert.deepEqual(config.db, {
     host: 'db.example',
@@ -74,6 +80,10 @@ test('every variable is read, and empty values count as unset', () => {
   assert.equal(config.maxContentBytes, 4096);
   assert.equal(config.logLevel, 'debug');
   assert.equal(config.workers, 3);
+  assert.equal(config.replayLimit, 50);
+  assert.equal(config.publishToken, 'a-long-enough-secret');
+  assert.deepEqual(config.allowOrigin, ['https://a.example', 'http://localhost:3000']);
+  assert.equal(loadConfig({ ALLOW_ORIGIN: '*' }).allowOrigin, '*');
 });
 
 test('each bad value is named with what was expected', () => {
@@ -88,6 +98,13 @@ test('each bad value is named with what was expected', () => {
     [{ MAX_CONTENT_BYTES: '99999999' }, /^MAX_CONTENT_BYTES="99999999"/],
     [{ PAD_BYTES: 'lots' }, /^PAD_BYTES="lots"/],
     [{ WORKERS: '0' }, /^WORKERS="0": expected an integer from 1 to 64$/],
+    [{ REPLAY_LIMIT: '0' }, /^REPLAY_LIMIT="0": expected an integer from 1 to 100000$/],
+    [{ PUBLISH_TOKEN: 'short' }, /^PUBLISH_TOKEN: expected at least 16 characters/],
+    [
+      { ALLOW_ORIGIN: 'https://a.example/path' },
+      /^ALLOW_ORIGIN=.*"https:\/\/a.example\/path" is not one/,
+    ],
+    [{ ALLOW_ORIGIN: 'a.example' }, /^ALLOW_ORIGIN=.*expected \* or comma-separated origins/],
     [{ LOG_LEVEL: 'verbose' }, /^LOG_LEVEL="verbose": expected one of fatal, error, warn/],
     [
       { MSG_TABLE: 'msg; DROP TABLE users' },

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { startApp, type TestApp } from './helpers/app.js';
-import { createTestDb, SERVER_URL, type TestDb } from './helpers/db.js';
-import { type DbProxy, startDbProxy } from './helpers/proxy.js';
+import { type TestApp, withApp } from './helpers/app.js';
+import { createTestDb, type TestDb } from './helpers/db.js';
+import { withDbProxy } from './helpers/proxy.js';
 import { openStream, type StreamClient } from './helpers/stream.js';
 import { waitUntil } from './helpers/wait.js';
 
@@ -16,25 +16,12 @@ after(async () => {
   await db.drop();
 });
 
-async function withApp(
-  env: Record<string, string>,
-  body: (app: TestApp) => Promise<void>,
-  databaseUrl = db.url,
-) {
-  const app = await startApp(databaseUrl, env);
-  try {
-    await body(app);
-  } finally {
-    await app.close();
-  }
-}
-
 async function openStreams(app: TestApp, n: number): Promise<StreamClient[]> {
   return Promise.all(Array.from({ length: n }, () => openStream(app.streamUrl)));
 }
 
 test('a new row reaches every open stream once, escaped, and is then flagged', async () => {
-  await withApp({}, async (app) => {
+  await withApp(db.url, {}, async (app) => {
     const clients = await openStreams(app, 3);
     const [id] = await db.insert('hi <b>there</b>');
     for (const client of clients) await client.waitForIds([id as string]);
@@ -48,7 +35,7 @@ test('a new row reaches every open stream once, escaped, and is then flagged', a
 });
 
 test('fifty rows inserted at once arrive on every stream, in id order, each once', async () => {
-  await withApp({}, async (app) => {
+  await withApp(db.url, {}, async (app) => {
     const clients = await openStreams(app, 3);
     const ids = await db.insert(...Array.from({ length: 50 }, (_, i) => `row ${i}`));
     for (const client of clients) {
@@ -64,7 +51,7 @@ test('fifty rows inserted at once arrive on every stream, in id order, each once
 });
 
 test('rows already flagged are never sent', async () => {
-  await withApp({}, async (app) => {
+  await withApp(db.url, {}, async (app) => {
     const client = await openStream(app.streamUrl);
     // Inserted flagged: an insert and a later UPDATE could straddle a tick.
     await db.query("INSERT INTO msg (content, flag) VALUES ('already delivered', 1)");
@@ -79,7 +66,7 @@ test('rows already flagged are never sent', async () => {
 });
 
 test('a stream sees only rows inserted after it opened, not earlier deliveries', async () => {
-  await withApp({}, async (app) => {
+  await withApp(db.url, {}, async (app) => {
     const first = await openStream(app.streamUrl);
     const [early] = await db.insert('early');
     await first.waitForIds([early as string]);
@@ -102,7 +89,7 @@ test('a stream sees only rows inserted after it opened, not earlier deliveries',
 
 test('a full batch drains the backlog without waiting for the next interval', async () => {
   // A 60 s interval: if each batch waited for the timer, only the first would arrive in time.
-  await withApp({ BATCH_SIZE: '10', POLL_INTERVAL_MS: '60000' }, async (app) => {
+  await withApp(db.url, { BATCH_SIZE: '10', POLL_INTERVAL_MS: '60000' }, async (app) => {
     const client = await openStream(app.streamUrl);
     const ids = await db.insert(...Array.from({ length: 35 }, (_, i) => `backlog ${i}`));
     app.app.poller.wake();
@@ -124,16 +111,9 @@ test('a full batch drains the backlog without waiting for the next interval', as
   });
 });
 
-test('one SELECT per tick whatever the number of streams; UPDATE names exactly the ids read', async (t) => {
-  const proxy: DbProxy = await startDbProxy({
-    host: SERVER_URL.hostname,
-    port: Number(SERVER_URL.port || 3306),
-  });
-  t.after(() => proxy.close());
-  const throughProxy = proxy.url(db.name);
-  await withApp(
-    { POLL_INTERVAL_MS: '60000' },
-    async (app) => {
+test('one SELECT per tick whatever the number of streams; UPDATE names exactly the ids read', async () => {
+  await withDbProxy(async (proxy) => {
+    await withApp(proxy.url(db.name), { POLL_INTERVAL_MS: '60000' }, async (app) => {
       const selectsPerTick = async (streams: number): Promise<number> => {
         await app.app.poller.pollOnce(); // queued after the tick that start() ran
         const clients = await openStreams(app, streams);
@@ -151,7 +131,6 @@ test('one SELECT per tick whatever the number of streams; UPDATE names exactly t
       };
       assert.equal(await selectsPerTick(1), 1);
       assert.equal(await selectsPerTick(40), 1);
-    },
-    throughProxy,
-  );
+    });
+  });
 });

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
-import { startApp, type TestApp } from './helpers/app.js';
+import { startApp, withApp } from './helpers/app.js';
 import { startBlackHole } from './helpers/blackhole.js';
-import { createTestDb, SERVER_URL, type TestDb } from './helpers/db.js';
+import { createTestDb, SERVER_URL, type TestDb, withoutUpdate } from './helpers/db.js';
 import { type DbProxy, startDbProxy } from './helpers/proxy.js';
 import { openStream, type StreamClient } from './helpers/stream.js';
 import { createUnstartedApp, getHealth, tcpSockets, waitForSockets } from './helpers/unstarted.js';
@@ -112,70 +112,57 @@ test('during an outage streams stay open on heartbeats and /healthz is 503; rows
 test('rows whose mark failed are not sent again; the mark is retried before any new row is read', {
   timeout: 60_000,
 }, async () => {
-  // UPDATE fails for real: the app's user may read and insert but not update.
-  const user = `rowcast_nu_${process.pid}`;
-  const password = `pw-${process.pid}`;
-  await db.query(`DROP USER IF EXISTS ?@'%'`, [user]);
-  await db.query(`CREATE USER ?@'%' IDENTIFIED BY ?`, [user, password]);
-  let app: TestApp | undefined;
-  let client: StreamClient | undefined;
-  try {
-    await db.query(`GRANT SELECT, INSERT, CREATE ON \`${db.name}\`.* TO ?@'%'`, [user]);
-    const url = new URL(proxy.url(db.name));
-    url.username = user;
-    url.password = password;
+  await withoutUpdate(db, proxy.url(db.name), async (url, user) => {
     // A one-minute interval: the test runs every tick after the first itself, with pollOnce.
-    app = await startApp(url.href, { POLL_INTERVAL_MS: '60000', HEARTBEAT_MS: '200' });
-    await app.app.poller.pollOnce();
-    client = await openStream(app.streamUrl);
-    const denied = { code: 'ER_TABLEACCESS_DENIED_ERROR' };
+    await withApp(url, { POLL_INTERVAL_MS: '60000', HEARTBEAT_MS: '200' }, async (app) => {
+      await app.app.poller.pollOnce();
+      const client = await openStream(app.streamUrl);
+      const denied = { code: 'ER_TABLEACCESS_DENIED_ERROR' };
 
-    const sent = await db.insert('one', 'two');
-    await assert.rejects(app.app.poller.pollOnce(), denied);
-    await client.waitForIds(sent);
-    for (let i = 0; i < 3; i++) await assert.rejects(app.app.poller.pollOnce(), denied);
+      const sent = await db.insert('one', 'two');
+      await assert.rejects(app.app.poller.pollOnce(), denied);
+      await client.waitForIds(sent);
+      for (let i = 0; i < 3; i++) await assert.rejects(app.app.poller.pollOnce(), denied);
 
-    const [fresh] = (await db.insert('inserted while the mark fails')) as [string];
-    const queriesBefore = proxy.queries.length;
-    await assert.rejects(app.app.poller.pollOnce(), denied);
-    assert.deepEqual(
-      proxy.queries.slice(queriesBefore),
-      [`UPDATE \`msg\` SET flag = 1 WHERE id IN (${sent.join(',')})`],
-      'only the mark is retried; no new rows are read',
-    );
-    // A heartbeat written after that tick has arrived, so anything the tick wrote has too.
-    const mark = client.text.length;
-    await client.waitFor((text) => text.slice(mark).includes(HEARTBEAT), 'a heartbeat');
-    assert.deepEqual(ids(client), sent, 'each row sent once; the new row not yet');
-    let flags = await db.flags();
-    for (const id of [...sent, fresh]) assert.equal(flags.get(id), 0, `row ${id} not flagged`);
-    const failing = await getHealth(app.url);
-    assert.equal(failing.status, 503);
-    assert.equal(failing.body.poll, 'failing');
-    assert.equal(failing.body.pendingMarks, sent.length);
-    assert.equal(app.logs.events('poll.failed').length, 1);
+      const [fresh] = (await db.insert('inserted while the mark fails')) as [string];
+      const queriesBefore = proxy.queries.length;
+      await assert.rejects(app.app.poller.pollOnce(), denied);
+      assert.deepEqual(
+        proxy.queries.slice(queriesBefore),
+        [`UPDATE \`msg\` SET flag = 1 WHERE id IN (${sent.join(',')})`],
+        'only the mark is retried; no new rows are read',
+      );
+      // A heartbeat written after that tick has arrived, so anything the tick wrote has too.
+      const mark = client.text.length;
+      await client.waitFor((text) => text.slice(mark).includes(HEARTBEAT), 'a heartbeat');
+      assert.deepEqual(ids(client), sent, 'each row sent once; the new row not yet');
+      let flags = await db.flags();
+      for (const id of [...sent, fresh]) assert.equal(flags.get(id), 0, `row ${id} not flagged`);
+      const failing = await getHealth(app.url);
+      assert.equal(failing.status, 503);
+      assert.equal(failing.body.poll, 'failing');
+      assert.equal(failing.body.pendingMarks, sent.length);
+      assert.equal(app.logs.events('poll.failed').length, 1);
 
-    // A table-level GRANT applies to open connections at their next statement (a database-level
-    // one only to new connections), so the very next tick may update.
-    await db.query(`GRANT UPDATE ON \`${db.name}\`.\`msg\` TO ?@'%'`, [user]);
-    await app.app.poller.pollOnce();
-    flags = await db.flags();
-    for (const id of [...sent, fresh]) assert.equal(flags.get(id), 1, `row ${id} flagged`);
-    await client.waitForIds([fresh]);
-    assert.deepEqual(ids(client), [...sent, fresh], 'old rows not re-sent, the new row once');
-    assert.deepEqual(
-      app.logs.events('mark.retried').map((e) => e.rows),
-      [sent.length],
-    );
-    assert.equal(app.logs.events('poll.recovered').length, 1);
-    const healthy = await getHealth(app.url);
-    assert.equal(healthy.status, 200);
-    assert.equal(healthy.body.pendingMarks, 0);
-  } finally {
-    client?.close();
-    await app?.close();
-    await db.query(`DROP USER IF EXISTS ?@'%'`, [user]);
-  }
+      // A table-level GRANT applies to open connections at their next statement (a database-level
+      // one only to new connections), so the very next tick may update.
+      await db.query(`GRANT UPDATE ON \`${db.name}\`.\`msg\` TO ?@'%'`, [user]);
+      await app.app.poller.pollOnce();
+      flags = await db.flags();
+      for (const id of [...sent, fresh]) assert.equal(flags.get(id), 1, `row ${id} flagged`);
+      await client.waitForIds([fresh]);
+      assert.deepEqual(ids(client), [...sent, fresh], 'old rows not re-sent, the new row once');
+      assert.deepEqual(
+        app.logs.events('mark.retried').map((e) => e.rows),
+        [sent.length],
+      );
+      assert.equal(app.logs.events('poll.recovered').length, 1);
+      const healthy = await getHealth(app.url);
+      assert.equal(healthy.status, 200);
+      assert.equal(healthy.body.pendingMarks, 0);
+      client.close();
+    });
+  });
 });
 
 test('a database unreachable at start is retried with one clear log line, then streams', {

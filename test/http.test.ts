@@ -190,3 +190,72 @@ test('a stream asked for on a kept-alive connection is served by node:http alike
     'the row on the kept-alive connection',
   );
 });
+
+test('GET / serves the demo page as HTML with a restrictive Content-Security-Policy', async () => {
+  const answer = await request('/');
+  assert.equal(answer.status, 200);
+  assert.equal(answer.headers['content-type'], 'text/html; charset=utf-8');
+  assert.match(String(answer.headers['content-security-policy']), /default-src 'self'/);
+  assert.match(answer.body, /<!doctype html>/i);
+  assert.match(answer.body, /\/events/);
+});
+
+test('without ALLOW_ORIGIN streams carry no CORS header and OPTIONS is not allowed', async () => {
+  const res = await fetch(new URL('/events', server.url), {
+    headers: { Origin: 'https://a.example' },
+  });
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('access-control-allow-origin'), null);
+  await res.body?.cancel();
+  const options = await request('/events', 'OPTIONS');
+  assert.equal(options.status, 405);
+});
+
+test('ALLOW_ORIGIN: listed origins are echoed on every stream route and preflights answer', async () => {
+  const app = await startApp(db.url, { ALLOW_ORIGIN: 'https://a.example,http://b.example:8080' });
+  try {
+    for (const path of ['/stream', '/events', '/stream.ndjson']) {
+      for (const [origin, allowed] of [
+        ['https://a.example', 'https://a.example'],
+        ['http://b.example:8080', 'http://b.example:8080'],
+        ['https://evil.example', null],
+      ] as const) {
+        // Both ways in: GET is served on the bare socket, HEAD by node:http.
+        for (const method of ['GET', 'HEAD']) {
+          const res = await fetch(new URL(`${path}?since=0`, app.url), {
+            method,
+            headers: { Origin: origin },
+          });
+          assert.equal(res.status, 200);
+          const what = `${method} ${path} from ${origin}`;
+          assert.equal(res.headers.get('access-control-allow-origin'), allowed, what);
+          assert.equal(res.headers.get('vary'), 'Origin');
+          await res.body?.cancel();
+        }
+      }
+      const preflight = await fetch(new URL(path, app.url), {
+        method: 'OPTIONS',
+        headers: {
+          Origin: 'https://a.example',
+          'Access-Control-Request-Method': 'GET',
+          'Access-Control-Request-Headers': 'last-event-id',
+        },
+      });
+      assert.equal(preflight.status, 204);
+      assert.equal(preflight.headers.get('access-control-allow-origin'), 'https://a.example');
+      assert.match(preflight.headers.get('access-control-allow-headers') ?? '', /Last-Event-ID/);
+    }
+  } finally {
+    await app.close();
+  }
+  const any = await startApp(db.url, { ALLOW_ORIGIN: '*' });
+  try {
+    const res = await fetch(new URL('/events', any.url), {
+      headers: { Origin: 'https://x.example' },
+    });
+    assert.equal(res.headers.get('access-control-allow-origin'), '*');
+    await res.body?.cancel();
+  } finally {
+    await any.close();
+  }
+});

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import http from 'node:http';
 import { after, before, test } from 'node:test';
-import { startApp, type TestApp } from './helpers/app.js';
+import { type TestApp, withApp } from './helpers/app.js';
 import { createTestDb, type TestDb } from './helpers/db.js';
 import { connectRaw, openTally, type RawClient, STREAM_REQUEST } from './helpers/raw.js';
 import { openStream, type StreamClient } from './helpers/stream.js';
@@ -17,15 +17,6 @@ before(async () => {
 after(async () => {
   await db.drop();
 });
-
-async function withApp(env: Record<string, string>, body: (app: TestApp) => Promise<void>) {
-  const app = await startApp(db.url, env);
-  try {
-    await body(app);
-  } finally {
-    await app.close();
-  }
-}
 
 async function get(
   url: URL,
@@ -57,7 +48,7 @@ function afterPreamble(text: string): string {
 }
 
 test('an idle stream gets the heartbeat comment every HEARTBEAT_MS and stays open', async () => {
-  await withApp({ HEARTBEAT_MS: '100' }, async (app) => {
+  await withApp(db.url, { HEARTBEAT_MS: '100' }, async (app) => {
     const client = await openStream(app.streamUrl);
     try {
       await client.waitFor(
@@ -127,7 +118,7 @@ const LEAVES: readonly ((app: TestApp) => Promise<void>)[] = [
 ];
 
 test('1,000 connects and disconnects of every kind leave no stream and no socket behind', async () => {
-  await withApp({}, async (app) => {
+  await withApp(db.url, {}, async (app) => {
     const baseline = tcpSockets();
     const cycles = 1000;
     const wave = 50;
@@ -160,7 +151,7 @@ test('1,000 connects and disconnects of every kind leave no stream and no socket
 });
 
 test('over MAX_STREAMS a new stream gets 503 with Retry-After; the open streams carry on', async () => {
-  await withApp({ MAX_STREAMS: '3' }, async (app) => {
+  await withApp(db.url, { MAX_STREAMS: '3' }, async (app) => {
     const open: StreamClient[] = [];
     try {
       for (let i = 0; i < 3; i++) open.push(await openStream(app.streamUrl));
@@ -202,7 +193,7 @@ test('a client that stops reading is cut off; a reading client gets every row, i
   const MAX_TICKS = 60; // 60 MB, far beyond loopback socket buffers (about 6 MB here)
   const content = (n: number) => `row ${n} `.padEnd(ROW_BYTES, 'x');
   // No heartbeat during the test: every write to the streams is a batch the test waits for.
-  await withApp({ MAX_BUFFERED_BYTES: '65536', HEARTBEAT_MS: '3600000' }, async (app) => {
+  await withApp(db.url, { MAX_BUFFERED_BYTES: '65536', HEARTBEAT_MS: '3600000' }, async (app) => {
     let stalled: RawClient | undefined;
     const reader = await openTally(app.streamUrl);
     try {

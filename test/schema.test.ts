@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { after, before, test } from 'node:test';
 import { startApp } from './helpers/app.js';
-import { createTestDb, SERVER_URL, type TestDb } from './helpers/db.js';
+import { createTestDb, type TestDb } from './helpers/db.js';
 import { type DbProxy, startDbProxy } from './helpers/proxy.js';
 import { openStream, type StreamClient } from './helpers/stream.js';
 import { createUnstartedApp, tcpSockets, waitForSockets } from './helpers/unstarted.js';
@@ -18,7 +18,7 @@ let idleSockets: number;
 before(async () => {
   db = await createTestDb('schema');
   idleSockets = tcpSockets();
-  proxy = await startDbProxy({ host: SERVER_URL.hostname, port: Number(SERVER_URL.port || 3306) });
+  proxy = await startDbProxy();
 });
 after(async () => {
   await waitForSockets(idleSockets);

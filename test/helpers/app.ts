@@ -60,6 +60,20 @@ export async function startApp(
   };
 }
 
+/** Runs `body` against a test server of its own, closed afterwards whatever happens. */
+export async function withApp(
+  databaseUrl: string,
+  env: Record<string, string>,
+  body: (app: TestApp) => Promise<void>,
+): Promise<void> {
+  const app = await startApp(databaseUrl, env);
+  try {
+    await body(app);
+  } finally {
+    await app.close();
+  }
+}
+
 export function createLogRecorder(): LogRecorder & { stream: Writable } {
   const entries: LogEntry[] = [];
   const echo = process.env.ROWCAST_TEST_LOGS === '1';

@@ -67,6 +67,31 @@ export async function createTestDb(label: string): Promise<TestDb> {
   };
 }
 
+/**
+ * Runs `body` with `baseUrl` turned into the DATABASE_URL of a user of its own that may only
+ * SELECT, INSERT and CREATE in the test database (so every UPDATE fails for real until the body
+ * grants it). The user is dropped afterwards.
+ */
+export async function withoutUpdate(
+  db: TestDb,
+  baseUrl: string,
+  body: (url: string, user: string) => Promise<void>,
+): Promise<void> {
+  const user = `rowcast_nu_${process.pid}`;
+  const password = `pw-${process.pid}`;
+  await db.query(`DROP USER IF EXISTS ?@'%'`, [user]);
+  await db.query(`CREATE USER ?@'%' IDENTIFIED BY ?`, [user, password]);
+  try {
+    await db.query(`GRANT SELECT, INSERT, CREATE ON \`${db.name}\`.* TO ?@'%'`, [user]);
+    const url = new URL(baseUrl);
+    url.username = user;
+    url.password = password;
+    await body(url.href, user);
+  } finally {
+    await db.query(`DROP USER IF EXISTS ?@'%'`, [user]);
+  }
+}
+
 /** A DATABASE_URL for `database` that reaches MariaDB through a relay on 127.0.0.1:`port`. */
 export function databaseUrlVia(port: number, database: string): string {
   const url = new URL(SERVER_URL.href);

@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import net from 'node:net';
-import { databaseUrlVia } from './db.js';
+import { databaseUrlVia, SERVER_URL } from './db.js';
 
 /**
  * A TCP proxy in front of MariaDB, for cutting the database away from a running server for real.
@@ -20,7 +20,22 @@ export interface DbProxy {
 
 const COM_QUERY = 0x03;
 
-export async function startDbProxy(target: { host: string; port: number }): Promise<DbProxy> {
+/** The test MariaDB server. */
+const DB_SERVER = { host: SERVER_URL.hostname, port: Number(SERVER_URL.port || 3306) };
+
+/** Runs `body` with a proxy to the test MariaDB, closed afterwards whatever happens. */
+export async function withDbProxy(body: (proxy: DbProxy) => Promise<void>): Promise<void> {
+  const proxy = await startDbProxy();
+  try {
+    await body(proxy);
+  } finally {
+    await proxy.close();
+  }
+}
+
+export async function startDbProxy(
+  target: { host: string; port: number } = DB_SERVER,
+): Promise<DbProxy> {
   const sockets = new Set<net.Socket>();
   const queries: string[] = [];
   let down = false;
