@@ -26,6 +26,17 @@ const MAX_HEAD_BYTES = 16 * 1024;
 const HEAD_TIMEOUT_MS = 10_000;
 const REQUEST_LINE = /^GET (\/[^ ?]*)(?:\?([^ ]*))? HTTP\/1\.([01])$/;
 
+/** The listening socket and the connections it has not passed on yet. */
+export interface Front {
+  readonly server: net.Server;
+  /**
+   * Stops accepting and drops the connections that have not sent a whole request head yet (they
+   * would otherwise hold the close for up to HEAD_TIMEOUT_MS). Resolves once every connection the
+   * front accepted has closed, handed-over ones included.
+   */
+  close(): Promise<void>;
+}
+
 /**
  * The listening socket. It reads the first request head of each connection itself: a plain
  * `GET` of a stream route is answered on the bare socket, which then holds nothing of node:http
@@ -33,9 +44,10 @@ const REQUEST_LINE = /^GET (\/[^ ?]*)(?:\?([^ ]*))? HTTP\/1\.([01])$/;
  * process hold tens of thousands). Anything else — other routes, other methods, bodies, odd
  * heads, later requests on a kept-alive connection — goes to node:http untouched.
  */
-export function createFront(options: FrontOptions): net.Server {
+export function createFront(options: FrontOptions): Front {
   const { http, takes, open } = options;
-  return net.createServer({ noDelay: true }, (socket) => {
+  const reading = new Set<net.Socket>();
+  const server = net.createServer({ noDelay: true }, (socket) => {
     let head: Buffer = Buffer.alloc(0);
     const onData = (chunk: Buffer) => {
       head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
@@ -51,14 +63,26 @@ export function createFront(options: FrontOptions): net.Server {
     };
     const onTimeout = () => socket.destroy();
     const stop = () => {
+      reading.delete(socket);
       socket.off('data', onData);
       socket.off('timeout', onTimeout);
+      socket.off('close', stop);
       socket.setTimeout(0);
     };
+    reading.add(socket);
     socket.on('data', onData);
+    socket.on('close', stop);
     socket.setTimeout(HEAD_TIMEOUT_MS, onTimeout);
     socket.on('error', ignore);
   });
+  return {
+    server,
+    close() {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const socket of reading) socket.destroy();
+      return closed;
+    },
+  };
 }
 
 function handOver(socket: net.Socket, head: Buffer, http: http.Server): void {

@@ -259,10 +259,10 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
   return {
     listen() {
       return new Promise((resolve, reject) => {
-        front.once('error', reject);
-        front.listen(config.port, config.host, () => {
-          front.off('error', reject);
-          const { address, port } = front.address() as AddressInfo;
+        front.server.once('error', reject);
+        front.server.listen(config.port, config.host, () => {
+          front.server.off('error', reject);
+          const { address, port } = front.server.address() as AddressInfo;
           const host = address.includes(':') ? `[${address}]` : address;
           resolve(new URL(`http://${host}:${port}/`));
         });
@@ -270,8 +270,7 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     },
     close(graceMs) {
       closing = true;
-      // Resolves once every connection the front accepted has closed, handed-over ones included.
-      const closed = new Promise<void>((resolve) => front.close(() => resolve()));
+      const closed = front.close();
       hub.closeAll();
       for (const stream of resuming) stream.destroy();
       server.closeIdleConnections();

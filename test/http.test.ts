@@ -259,3 +259,19 @@ test('ALLOW_ORIGIN: listed origins are echoed on every stream route and prefligh
     await any.close();
   }
 });
+
+test('at shutdown a connection that has not sent its request yet is dropped, not waited for', async () => {
+  const app = await startApp(db.url);
+  const socket = net.connect(Number(app.url.port), app.url.hostname);
+  await once(socket, 'connect');
+  socket.write('GET /stre'); // half a request line
+  let closed = false;
+  socket.on('close', () => {
+    closed = true;
+  });
+  socket.on('error', () => undefined);
+  const closing = app.close();
+  // The head timeout is 10 s: well before it, the server has let go of the socket.
+  await waitUntil(() => closed, 'the half-open connection dropped', 5_000);
+  await closing;
+});
