@@ -141,7 +141,11 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
     frames: Map<string, Uint8Array> | null,
   ): void {
     const reqs = new Map<Live, number[]>();
-    for (const { entry, req } of waiters) reqs.set(entry, [...(reqs.get(entry) ?? []), req]);
+    for (const { entry, req } of waiters) {
+      const ids = reqs.get(entry) ?? [];
+      ids.push(req);
+      reqs.set(entry, ids);
+    }
     for (const [entry, ids] of reqs) send(entry, { t: 'replayed', reqs: ids, frames });
   }
 
@@ -275,7 +279,10 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
   });
   let poll: PollerHealth = { state: 'starting', lastOkAt: null, failures: 0, pendingMarks: 0 };
   let total = 0;
-  const send = (message: ToPrimary) => process.send?.(message);
+  // A worker whose primary is gone is closing (see 'disconnect'): what it would send is moot.
+  const send = (message: ToPrimary) => {
+    if (process.connected) process.send?.(message);
+  };
   // Requests to the primary waiting for its answer, by request number.
   let requests = 0;
   const resuming = new Map<
