@@ -74,8 +74,14 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     headersTimeout: 10_000,
     requestTimeout: 30_000,
     keepAliveTimeout: 5_000,
+    // How often those timeouts are checked (node's default, 30 s, would let a stalled request
+    // hold its connection for up to 40 s).
+    connectionsCheckingInterval: 1_000,
     noDelay: true,
   });
+  // node:http starts tracking connections (the timeouts above, closeIdleConnections) when it
+  // listens; the front listens in its place and hands connections over, so start it here.
+  server.emit('listening');
 
   const streamRoutes = new Map<string, Transport>([
     ['/stream', transports.html],
@@ -92,6 +98,8 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
   const routes: Record<string, Record<string, Handler>> = {
     '/': { GET: demo, HEAD: demo },
     '/healthz': { GET: healthz, HEAD: healthz },
+    // Browsers ask for it on every page; an empty answer keeps their consoles free of 404s.
+    '/favicon.ico': { GET: noContent, HEAD: noContent },
     '/messages': {
       POST: (req, res) =>
         void publish(req, res).catch((err: unknown) => {
@@ -121,6 +129,8 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
   });
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    // A kept-alive connection is not kept once shutdown has begun.
+    if (closing) res.shouldKeepAlive = false;
     const target = splitTarget(req.url ?? '');
     if (target === null) return reply(res, 400, 'bad request target\n');
     const route = routes[target.path];
@@ -236,6 +246,10 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     res.end();
   }
 
+  function noContent(_req: IncomingMessage, res: ServerResponse): void {
+    res.writeHead(204, { 'Cache-Control': 'max-age=86400' }).end();
+  }
+
   function healthz(_req: IncomingMessage, res: ServerResponse): void {
     const report = deps.health();
     reply(res, report.healthy ? 200 : 503, `${JSON.stringify(report.body)}\n`, {
@@ -273,7 +287,8 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
       const closed = front.close();
       hub.closeAll();
       for (const stream of resuming) stream.destroy();
-      server.closeIdleConnections();
+      // Closes idle kept-alive connections and stops the timeout checks.
+      server.close();
       const grace = setTimeout(() => {
         hub.destroyAll();
         server.closeAllConnections();

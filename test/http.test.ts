@@ -38,15 +38,17 @@ async function request(path: string, method = 'GET'): Promise<Answer> {
 }
 
 /** Sends `head` on a raw socket and collects everything the server answers. */
-function rawClient(head: string) {
-  const socket = net.connect(Number(server.url.port), server.url.hostname);
+function rawClient(head: string, url: URL = server.url) {
+  const socket = net.connect(Number(url.port), url.hostname);
   socket.write(head);
   let received = '';
   socket.setEncoding('utf8');
   socket.on('data', (chunk: string) => {
     received += chunk;
   });
-  const closed = once(socket, 'close');
+  // Closed either way: a clean end, or a reset (the server dropping a connection it closed).
+  socket.on('error', () => undefined);
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
   return {
     get received() {
       return received;
@@ -274,4 +276,56 @@ test('at shutdown a connection that has not sent its request yet is dropped, not
   // The head timeout is 10 s: well before it, the server has let go of the socket.
   await waitUntil(() => closed, 'the half-open connection dropped', 5_000);
   await closing;
+});
+
+test('a request head trickling in on a kept-alive connection is cut by the header timeout', {
+  timeout: 60_000,
+}, async () => {
+  // The first request is read by the front; the second one reaches node:http, whose 10 s
+  // header timeout must hold there too (slowloris: a header line a second, never the end).
+  const client = rawClient('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+  await waitUntil(() => client.received.includes('"status"'), 'the first answer');
+  client.socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n');
+  let closed = false;
+  void client.closed.then(() => {
+    closed = true;
+  });
+  for (let i = 0; i < 30 && !closed; i++) {
+    client.socket.write(`X-Slow-${i}: 1\r\n`);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  assert.ok(closed, 'the connection was cut');
+  assert.match(client.received.slice(client.received.lastIndexOf('HTTP/1.1')), /^HTTP\/1\.1 408 /);
+});
+
+test('at shutdown a client asking again and again on a kept-alive connection does not hold the close', {
+  timeout: 60_000,
+}, async () => {
+  const app = await startApp(db.url);
+  const client = rawClient('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n', app.url);
+  await waitUntil(() => client.received.includes('"status"'), 'the first answer');
+  let closed = false;
+  const closing = app.close().then(() => {
+    closed = true;
+  });
+  // A browser retrying on the same connection every 200 ms, for 20 s at most.
+  const asking = (async () => {
+    for (let i = 0; i < 100 && !closed && !client.socket.destroyed; i++) {
+      client.socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  })();
+  await waitUntil(() => closed, 'the close, while the client keeps asking', 10_000);
+  await client.closed;
+  await asking;
+  await closing;
+  const answers = client.received.split('HTTP/1.1 ').slice(1);
+  const last = answers[answers.length - 1] as string;
+  if (last.startsWith('503')) assert.match(last, /\r\nConnection: close\r\n/i);
+});
+
+test('GET /favicon.ico answers 204, so browsers log no error', async () => {
+  const answer = await request('/favicon.ico');
+  assert.equal(answer.status, 204);
+  assert.equal(answer.body, '');
 });
