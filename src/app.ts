@@ -2,6 +2,7 @@ import type { Config } from './config.js';
 import { createServer } from './http.js';
 import { createHub, type Hub } from './hub.js';
 import type { Logger } from './log.js';
+import { createMetrics } from './metrics.js';
 import type { Poller } from './poller.js';
 import { createPolling, healthReport, type Polling } from './polling.js';
 import { createTransports } from './transports/index.js';
@@ -35,14 +36,20 @@ interface Resuming {
 export const SHUTDOWN_GRACE_MS = 3_000;
 
 export function createApp(config: Config, logger: Logger): SingleApp {
+  const metrics = createMetrics();
   const hub = createHub({
     maxBufferedBytes: config.maxBufferedBytes,
     heartbeatMs: config.heartbeatMs,
     logger,
+    metrics,
   });
+  metrics.watchStreams(() => hub.sizes());
   const transports = createTransports(config);
-  const polling = createPolling(config, logger, (batch) =>
-    hub.broadcast((transport) => transport.frame(batch)),
+  const polling = createPolling(
+    config,
+    logger,
+    (batch) => hub.broadcast((transport) => transport.frame(batch)),
+    metrics,
   );
   // Each replay is framed once per transport, whatever the number of streams resuming with it.
   const replayer = polling.replayer<Resuming>(
@@ -64,6 +71,8 @@ export function createApp(config: Config, logger: Logger): SingleApp {
     health: () => healthReport(config, polling.poller.health(), hub.size),
     resume: (since, transport, done) => replayer.request(since, { transport, done }),
     publish: (content) => polling.publish(content),
+    metrics,
+    scrape: () => metrics.text(),
     logger,
   });
   return {

@@ -5,6 +5,7 @@ import type { Config } from './config.js';
 import { createServer } from './http.js';
 import { createHub } from './hub.js';
 import type { Logger } from './log.js';
+import { aggregate, createMetrics, type Figures } from './metrics.js';
 import type { PollerHealth } from './poller.js';
 import { createPolling, healthReport } from './polling.js';
 import { createTransports, frameAll } from './transports/index.js';
@@ -20,7 +21,10 @@ type ToWorker =
       readonly reqs: number[];
       readonly frames: Map<string, Uint8Array> | null;
     }
-  | { readonly t: 'published'; readonly req: number; readonly id?: string; readonly error?: string }
+  /** The answer to a publish (the row id) or a scrape (the cluster's /metrics text), or why not. */
+  | { readonly t: 'answer'; readonly req: number; readonly value?: string; readonly error?: string }
+  /** Send your figures (for a /metrics request some worker got). */
+  | { readonly t: 'collect'; readonly req: number }
   | { readonly t: 'close' };
 
 /** Worker → primary. */
@@ -29,7 +33,9 @@ type ToPrimary =
   | { readonly t: 'ack'; readonly seq: number; readonly written: number }
   | { readonly t: 'streams'; readonly n: number }
   | { readonly t: 'replay'; readonly req: number; readonly since: string }
-  | { readonly t: 'publish'; readonly req: number; readonly content: string };
+  | { readonly t: 'publish'; readonly req: number; readonly content: string }
+  | { readonly t: 'scrape'; readonly req: number }
+  | { readonly t: 'collected'; readonly req: number; readonly figures: Figures };
 
 export interface ClusterOptions {
   /** Environment for the workers (they read their configuration from it, as main does). */
@@ -44,6 +50,11 @@ const ACK_TIMEOUT_MS = 10_000;
 // A worker that dies is replaced after this long (doubled while replacements keep dying young).
 const RESPAWN_MS = 500;
 const MAX_RESPAWN_MS = 10_000;
+// A worker that has not sent its figures within this time fails the /metrics request (503): a
+// partial sum would look to Prometheus like counters going back. A worker answers when the
+// primary does not, so a lost primary cannot hold a /metrics request either.
+const COLLECT_TIMEOUT_MS = 3_000;
+const SCRAPE_TIMEOUT_MS = COLLECT_TIMEOUT_MS + 2_000;
 const WORKER_ENTRY = fileURLToPath(new URL('./worker.js', import.meta.url));
 
 interface Live {
@@ -64,13 +75,21 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
   const transports = createTransports(config);
   const live = new Map<number, Live>();
   const waiting = new Map<number, { pending: Set<number>; written: number; done: () => void }>();
+  // Figures being collected for a /metrics request, by collection number.
+  const collecting = new Map<
+    number,
+    { pending: Set<number>; figures: Figures[]; done: () => void }
+  >();
   let seq = 0;
+  let collections = 0;
   let closing = false;
   let respawnMs = RESPAWN_MS;
   // While start() waits for the first workers to listen.
   let starting: { resolve: (url: URL) => void; reject: (err: Error) => void } | null = null;
 
-  const polling = createPolling(config, logger, deliver);
+  // The primary's figures: ticks, rows delivered, marks, database errors, replays, publishes.
+  const metrics = createMetrics();
+  const polling = createPolling(config, logger, deliver, metrics);
   // Replays are framed once and sent once per worker, whatever the number of its streams resuming.
   const replayer = polling.replayer<{ entry: Live; req: number }>(
     (waiters, rows) => replied(waiters, frameAll(transports, rows)),
@@ -128,12 +147,23 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
         replayer.request(message.since, { entry, req: message.req });
         break;
       case 'publish':
-        polling.publish(message.content).then(
-          (id) => send(entry, { t: 'published', req: message.req, id }),
-          (err: Error) => send(entry, { t: 'published', req: message.req, error: err.message }),
-        );
+        answer(entry, message.req, polling.publish(message.content));
+        break;
+      case 'scrape':
+        answer(entry, message.req, scrape());
+        break;
+      case 'collected':
+        collected(message.req, entry.worker.id, message.figures);
         break;
     }
+  }
+
+  /** Sends a worker the outcome of its request. */
+  function answer(entry: Live, req: number, outcome: Promise<string>): void {
+    outcome.then(
+      (value) => send(entry, { t: 'answer', req, value }),
+      (err: Error) => send(entry, { t: 'answer', req, error: err.message }),
+    );
   }
 
   function replied(
@@ -153,6 +183,7 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
     live.delete(entry.worker.id);
     // Its share of every batch in flight is settled: its clients are gone.
     for (const id of [...waiting.keys()]) settle(id, entry.worker.id, 0);
+    for (const id of [...collecting.keys()]) collected(id, entry.worker.id, null);
     if (closing) return;
     if (starting !== null) {
       // A first worker could not listen (say, the port is taken): a replacement would fail alike.
@@ -223,6 +254,40 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
     if (state.pending.size === 0) state.done();
   }
 
+  /** The cluster's /metrics text: the primary's figures and every ready worker's, added up. */
+  async function scrape(): Promise<string> {
+    const figures = [await metrics.figures()];
+    const targets = [...live.values()].filter((entry) => entry.ready);
+    const id = ++collections;
+    await new Promise<void>((resolve, reject) => {
+      const pending = new Set(targets.map((entry) => entry.worker.id));
+      const timer = setTimeout(() => {
+        collecting.delete(id);
+        reject(new Error(`workers ${[...pending].join(', ')} sent no metrics in time`));
+      }, COLLECT_TIMEOUT_MS);
+      const done = () => {
+        clearTimeout(timer);
+        collecting.delete(id);
+        resolve();
+      };
+      collecting.set(id, { pending, figures, done });
+      if (pending.size === 0) return done();
+      const message: ToWorker = { t: 'collect', req: id };
+      for (const entry of targets) {
+        send(entry, message, () => collected(id, entry.worker.id, null));
+      }
+    });
+    return aggregate(figures);
+  }
+
+  /** A worker's figures for a collection; null when it died meanwhile (its figures are gone). */
+  function collected(id: number, workerId: number, figures: Figures | null): void {
+    const state = collecting.get(id);
+    if (state === undefined || !state.pending.delete(workerId)) return;
+    if (figures !== null) state.figures.push(figures);
+    if (state.pending.size === 0) state.done();
+  }
+
   function streams(): number {
     let n = 0;
     for (const entry of live.values()) n += entry.streams;
@@ -272,11 +337,15 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
  * the primary is gone.
  */
 export async function runWorker(config: Config, logger: Logger): Promise<void> {
+  // The worker's figures: streams, cut-offs, refusals, bytes written, its process.
+  const metrics = createMetrics();
   const hub = createHub({
     maxBufferedBytes: config.maxBufferedBytes,
     heartbeatMs: config.heartbeatMs,
     logger,
+    metrics,
   });
+  metrics.watchStreams(() => hub.sizes());
   let poll: PollerHealth = { state: 'starting', lastOkAt: null, failures: 0, pendingMarks: 0 };
   let total = 0;
   // A worker whose primary is gone is closing (see 'disconnect'): what it would send is moot.
@@ -289,10 +358,25 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
     number,
     { transport: Transport; done: (frame: Buffer | null) => void }
   >();
-  const publishing = new Map<
-    number,
-    { resolve: (id: string) => void; reject: (err: Error) => void }
-  >();
+  const answering = new Map<number, (answer: { value?: string; error?: string }) => void>();
+  /** Sends the request numbered `build` makes; resolves with the primary's answer. */
+  function ask(build: (req: number) => ToPrimary, timeoutMs?: number): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const req = ++requests;
+      const timer =
+        timeoutMs === undefined
+          ? undefined
+          : setTimeout(() => settle({ error: 'the primary did not answer in time' }), timeoutMs);
+      const settle = (answer: { value?: string; error?: string }) => {
+        clearTimeout(timer);
+        answering.delete(req);
+        if (answer.value !== undefined) resolve(answer.value);
+        else reject(new Error(answer.error));
+      };
+      answering.set(req, settle);
+      send(build(req));
+    });
+  }
   const http = createServer(config, {
     hub,
     transports: createTransports(config),
@@ -302,12 +386,10 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
       resuming.set(req, { transport, done });
       send({ t: 'replay', req, since });
     },
-    publish: (content) =>
-      new Promise((resolve, reject) => {
-        const req = ++requests;
-        publishing.set(req, { resolve, reject });
-        send({ t: 'publish', req, content });
-      }),
+    publish: (content) => ask((req) => ({ t: 'publish', req, content })),
+    metrics,
+    // The primary adds up every process's figures, this one's included.
+    scrape: () => ask((req) => ({ t: 'scrape', req }), SCRAPE_TIMEOUT_MS),
     logger,
   });
   let closing: Promise<void> | null = null;
@@ -338,13 +420,17 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
           waiter?.done(frames === null ? null : asBuffer(frames.get(waiter.transport.name)));
         }
         break;
-      case 'published': {
-        const waiter = publishing.get(message.req);
-        publishing.delete(message.req);
-        if (message.id !== undefined) waiter?.resolve(message.id);
-        else waiter?.reject(new Error(message.error));
+      case 'answer':
+        answering.get(message.req)?.(message);
         break;
-      }
+      case 'collect':
+        // One that fails sends nothing: the primary's timeout fails that /metrics request.
+        metrics.figures().then(
+          (figures) => send({ t: 'collected', req: message.req, figures }),
+          (err: unknown) =>
+            logger.warn({ event: 'metrics.failed', mod: 'cluster', err }, 'no figures to send'),
+        );
+        break;
       case 'close':
         void close();
         break;

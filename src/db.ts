@@ -53,7 +53,8 @@ const ACCESS_ERRORS = new Set([
   'ER_TABLEACCESS_DENIED_ERROR',
 ]);
 
-export function createDb(config: Config, logger: Logger): Db {
+/** `onError` hears of every statement that fails, whoever ran it (for rowcast_db_errors_total). */
+export function createDb(config: Config, logger: Logger, onError: () => void = () => {}): Db {
   const log = logger.child({ mod: 'db' });
   const pool = mysql.createPool({
     host: config.db.host,
@@ -132,7 +133,7 @@ export function createDb(config: Config, logger: Logger): Db {
   }
 
   async function run<T>(sql: string, values: unknown[] = []): Promise<T> {
-    const conn = await pool.getConnection();
+    const conn = await pool.getConnection().catch(failed);
     try {
       const [result] = await conn.query({ sql, values, timeout: QUERY_TIMEOUT_MS });
       conn.release();
@@ -140,8 +141,12 @@ export function createDb(config: Config, logger: Logger): Db {
     } catch (err) {
       // The connection may be half-dead (timeout) or in an unknown state: never reuse it.
       conn.destroy();
-      throw err;
+      return failed(err);
     }
+  }
+  function failed(err: unknown): never {
+    onError();
+    throw err;
   }
 
   return {

@@ -5,6 +5,7 @@ import type { Config } from './config.js';
 import { createFront, type StreamRequest } from './front.js';
 import { chunk, type Framing, finalBytes, type Hub, type Stream } from './hub.js';
 import type { Logger } from './log.js';
+import { METRICS_CONTENT_TYPE, type Metrics } from './metrics.js';
 import { createPublishHandler } from './publish.js';
 import { reply } from './reply.js';
 import type { Transports } from './transports/index.js';
@@ -31,6 +32,10 @@ export interface ServerDeps {
   ) => void;
   /** Inserts a row for POST /messages and makes it go out at once; resolves with its id. */
   readonly publish: (content: string) => Promise<string>;
+  /** Counts what happens to streams before they reach the hub. */
+  readonly metrics: Pick<Metrics, 'written' | 'rejected'>;
+  /** The GET /metrics text: this server's figures (in a worker, the whole cluster's). */
+  readonly scrape: () => Promise<string>;
   readonly logger: Logger;
 }
 
@@ -100,6 +105,7 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     '/healthz': { GET: healthz, HEAD: healthz },
     // Browsers ask for it on every page; an empty answer keeps their consoles free of 404s.
     '/favicon.ico': { GET: noContent, HEAD: noContent },
+    '/metrics': { GET: metrics, HEAD: metrics },
     '/messages': {
       POST: (req, res) =>
         void publish(req, res).catch((err: unknown) => {
@@ -193,12 +199,14 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
           log.warn({ event: 'stream.rejected', limit: config.maxStreams }, 'MAX_STREAMS reached');
         }
         full = true;
+        deps.metrics.rejected();
         return reply(res, 503, 'too many open streams\n', { 'Retry-After': RETRY_AFTER_S });
       }
       full = false;
       req.socket.setTimeout(0);
       res.writeHead(200, { ...transport.headers, ...ask.cors });
       if (transport.preamble.length > 0) res.write(transport.preamble);
+      deps.metrics.written(transport.name, transport.preamble.length);
       join(res, transport, 'raw', ask.since);
     };
   }
@@ -214,11 +222,9 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     const framing: Framing = request.http11 ? 'chunked' : 'raw';
     const head = responseHead(transport, ask.cors, request.http11);
     const preamble = transport.preamble;
-    socket.write(
-      preamble.length === 0
-        ? head
-        : Buffer.concat([head, framing === 'chunked' ? chunk(preamble) : preamble]),
-    );
+    const body = framing === 'chunked' && preamble.length > 0 ? chunk(preamble) : preamble;
+    socket.write(body.length === 0 ? head : Buffer.concat([head, body]));
+    deps.metrics.written(transport.name, body.length);
     join(socket, transport, framing, ask.since);
   }
 
@@ -231,7 +237,11 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
       if (stream.destroyed || stream.writableEnded) return;
       // Without its replay the stream would have a gap: end it, and the client retries.
       if (frame === null) return void stream.end(finalBytes(transport, framing));
-      if (frame.length > 0) stream.write(framing === 'chunked' ? chunk(frame) : frame);
+      if (frame.length > 0) {
+        const body = framing === 'chunked' ? chunk(frame) : frame;
+        stream.write(body);
+        deps.metrics.written(transport.name, body.length);
+      }
       hub.add(stream, transport, framing);
     });
   }
@@ -255,6 +265,16 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     reply(res, report.healthy ? 200 : 503, `${JSON.stringify(report.body)}\n`, {
       'Content-Type': 'application/json',
     });
+  }
+
+  function metrics(_req: IncomingMessage, res: ServerResponse): void {
+    deps.scrape().then(
+      (text) => reply(res, 200, text, { 'Content-Type': METRICS_CONTENT_TYPE }),
+      (err: unknown) => {
+        log.warn({ event: 'metrics.failed', err }, 'could not gather the metrics');
+        reply(res, 503, 'metrics unavailable, try again\n', { 'Retry-After': RETRY_AFTER_S });
+      },
+    );
   }
 
   function demo(_req: IncomingMessage, res: ServerResponse): void {

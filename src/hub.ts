@@ -1,5 +1,5 @@
 import type { Logger } from './log.js';
-import type { Transport } from './transports/transport.js';
+import type { Transport, TransportName } from './transports/transport.js';
 
 /**
  * An open stream as the hub sees it: a bare socket (served by the front) or a node:http response.
@@ -34,6 +34,8 @@ export interface Hub {
   broadcast(frame: (transport: Transport) => Buffer): number;
   /** Open streams right now. */
   readonly size: number;
+  /** Open streams right now, by transport (transports without any may be missing). */
+  sizes(): Map<TransportName, number>;
   /**
    * Ends every stream with its transport's closing frame and stops the heartbeat. Streams stay
    * counted until they have closed.
@@ -52,7 +54,19 @@ export interface HubOptions {
   /** Idle streams get the transport's heartbeat this often. */
   readonly heartbeatMs: number;
   readonly logger: Logger;
+  /** Counts bytes written and cut-offs (rowcast_bytes_written_total, …). */
+  readonly metrics?: HubMetrics;
 }
+
+/** What the hub counts: once per transport per broadcast, never per stream. */
+export interface HubMetrics {
+  /** `bytes` were written to streams of `transport`, in all. */
+  written(transport: TransportName, bytes: number): void;
+  /** A stream of `transport` was cut off (slow consumer). */
+  cut(transport: TransportName): void;
+}
+
+const NO_METRICS: HubMetrics = { written() {}, cut() {} };
 
 // A client reading at a modest rate needs a while to take in one big frame (a megabyte row of
 // quotes escapes to six): the frame does not count against MAX_BUFFERED_BYTES for this long.
@@ -70,6 +84,7 @@ interface Group {
 
 export function createHub(options: HubOptions): Hub {
   const { maxBufferedBytes, heartbeatMs } = options;
+  const metrics = options.metrics ?? NO_METRICS;
   const log = options.logger.child({ mod: 'hub' });
   const groups: Group[] = [];
   let lastWriteAt = Date.now();
@@ -120,6 +135,7 @@ export function createHub(options: HubOptions): Hub {
         group.burstAt = now;
       }
       const limit = maxBufferedBytes + group.burstBytes;
+      const before = written;
       for (const stream of group.streams) {
         if (stream.writableLength > limit) {
           cut(stream, group);
@@ -128,6 +144,7 @@ export function createHub(options: HubOptions): Hub {
           written++;
         }
       }
+      metrics.written(group.transport.name, (written - before) * bytes.length);
     }
     lastWriteAt = now;
     return written;
@@ -145,6 +162,7 @@ export function createHub(options: HubOptions): Hub {
     );
     group.streams.delete(stream);
     stream.destroy();
+    metrics.cut(group.transport.name);
   }
 
   // One timer for the whole hub. It fires HEARTBEAT_MS after the last write to all streams, so a
@@ -170,6 +188,13 @@ export function createHub(options: HubOptions): Hub {
     broadcast: writeAll,
     get size() {
       return size();
+    },
+    sizes() {
+      const sizes = new Map<TransportName, number>();
+      for (const { transport, streams } of groups) {
+        sizes.set(transport.name, (sizes.get(transport.name) ?? 0) + streams.size);
+      }
+      return sizes;
     },
     closeAll() {
       if (heartbeatTimer !== null) clearTimeout(heartbeatTimer);

@@ -42,7 +42,19 @@ export interface PollerOptions {
   readonly intervalMs: number;
   readonly batchSize: number;
   readonly logger: Logger;
+  /** Counts ticks and rows delivered (rowcast_ticks_total, …). */
+  readonly metrics?: PollerMetrics;
 }
+
+/** What the poller counts: once per tick. */
+export interface PollerMetrics {
+  /** A tick ended, having taken `seconds`. */
+  tick(result: 'ok' | 'failed', seconds: number): void;
+  /** A tick wrote `rows` rows to the streams (each row once, whatever the number of streams). */
+  delivered(rows: number): void;
+}
+
+const NO_METRICS: PollerMetrics = { tick() {}, delivered() {} };
 
 /** Longest wait between two attempts while the database fails. */
 export const MAX_BACKOFF_MS = 5_000;
@@ -55,6 +67,7 @@ export const MAX_BACKOFF_MS = 5_000;
 export function createPoller(options: PollerOptions): Poller {
   const { db, deliver, intervalMs, batchSize } = options;
   const log = options.logger.child({ mod: 'poller' });
+  const metrics = options.metrics ?? NO_METRICS;
   let state: PollerState = 'starting';
   let lastOkAt: number | null = null;
   let failures = 0;
@@ -63,6 +76,8 @@ export function createPoller(options: PollerOptions): Poller {
   let timer: NodeJS.Timeout | null = null;
   let running = false;
   let woken = false;
+  // When the running tick started (performance.now()): ticks never overlap.
+  let tickStartedAt = 0;
   // Ticks run one after another, never overlapping, whoever asks for them.
   let queue: Promise<unknown> = Promise.resolve();
 
@@ -80,6 +95,7 @@ export function createPoller(options: PollerOptions): Poller {
       return false;
     }
     const streams = await deliver(batch);
+    metrics.delivered(batch.length);
     unmarked = batch.map((row) => row.id);
     await db.markDelivered(unmarked);
     unmarked = [];
@@ -98,7 +114,7 @@ export function createPoller(options: PollerOptions): Poller {
   }
 
   function runTick(): Promise<boolean> {
-    const result = queue.then(tick).then(
+    const result = queue.then(timedTick).then(
       (full) => {
         succeeded();
         return full;
@@ -112,7 +128,14 @@ export function createPoller(options: PollerOptions): Poller {
     return result;
   }
 
+  function timedTick(): Promise<boolean> {
+    tickStartedAt = performance.now();
+    return tick();
+  }
+  const tickSeconds = () => (performance.now() - tickStartedAt) / 1000;
+
   function succeeded(): void {
+    metrics.tick('ok', tickSeconds());
     if (state === 'failing') {
       log.info(
         { event: 'poll.recovered', failures, downMs: Date.now() - failingSince },
@@ -125,6 +148,7 @@ export function createPoller(options: PollerOptions): Poller {
   }
 
   function failed(err: unknown): void {
+    metrics.tick('failed', tickSeconds());
     failures++;
     if (state === 'failing') {
       log.debug({ event: 'poll.retry_failed', err, failures }, 'database still failing');

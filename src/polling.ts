@@ -4,6 +4,7 @@ import { createDb, QUERY_TIMEOUT_MS } from './db.js';
 import { DbAccessError, SchemaError } from './errors.js';
 import type { HealthReport } from './http.js';
 import type { Logger } from './log.js';
+import type { Metrics } from './metrics.js';
 import {
   createPoller,
   MAX_BACKOFF_MS,
@@ -33,16 +34,19 @@ export function createPolling(
   config: Config,
   logger: Logger,
   deliver: PollerOptions['deliver'],
+  metrics: Metrics,
 ): Polling {
   const log = logger.child({ mod: 'app' });
-  const db = createDb(config, logger);
+  const db = createDb(config, logger, metrics.dbError);
   const poller = createPoller({
     db,
     deliver,
     intervalMs: config.pollIntervalMs,
     batchSize: config.batchSize,
     logger,
+    metrics,
   });
+  metrics.watchPendingMarks(() => poller.health().pendingMarks);
   const stopping = new AbortController();
 
   return {
@@ -68,10 +72,24 @@ export function createPolling(
     async publish(content) {
       const id = await db.insert(content);
       poller.wake();
+      metrics.published();
       return id;
     },
     replayer: (serve, fail) =>
-      createReplayer({ db, poller, limit: config.replayLimit, logger, serve, fail }),
+      createReplayer({
+        db,
+        poller,
+        limit: config.replayLimit,
+        logger,
+        serve(waiters, rows) {
+          metrics.replayed('ok', waiters.length);
+          serve(waiters, rows);
+        },
+        fail(waiters) {
+          metrics.replayed('failed', waiters.length);
+          fail(waiters);
+        },
+      }),
     async close() {
       stopping.abort();
       await poller.stop();

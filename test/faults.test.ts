@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { startApp, withApp } from './helpers/app.js';
 import { startBlackHole } from './helpers/blackhole.js';
@@ -23,9 +22,7 @@ let proxy: DbProxy;
 // TCP sockets open between tests (the direct connection of `db`); see waitForSockets.
 let idleSockets: number;
 before(async () => {
-  db = await createTestDb('faults');
-  // The table exists before any app starts, so a test may start with a user that cannot create it.
-  await db.query(readFileSync(new URL('../../sql/schema.sql', import.meta.url), 'utf8'));
+  db = await createTestDb('faults', { withTable: true });
   idleSockets = tcpSockets();
   proxy = await startDbProxy(TARGET);
 });

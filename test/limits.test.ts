@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
-import http from 'node:http';
 import { after, before, test } from 'node:test';
 import { type TestApp, withApp } from './helpers/app.js';
 import { createTestDb, type TestDb } from './helpers/db.js';
 import { connectRaw, openTally, type RawClient, STREAM_REQUEST } from './helpers/raw.js';
+import { request as get } from './helpers/request.js';
 import { openStream, type StreamClient } from './helpers/stream.js';
 import { waitUntil } from './helpers/wait.js';
 
@@ -17,17 +16,6 @@ before(async () => {
 after(async () => {
   await db.drop();
 });
-
-async function get(
-  url: URL,
-): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
-  const req = http.get(url, { agent: false });
-  const [res] = (await once(req, 'response')) as [http.IncomingMessage];
-  let body = '';
-  res.setEncoding('utf8');
-  for await (const chunk of res) body += chunk;
-  return { status: res.statusCode ?? 0, headers: res.headers, body };
-}
 
 async function healthStreams(app: TestApp): Promise<unknown> {
   const answer = await get(new URL('/healthz', app.url));

@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { startCluster, type TestApp, withApp } from './helpers/app.js';
 import { createTestDb, type TestDb, withoutUpdate } from './helpers/db.js';
@@ -13,9 +12,7 @@ const ROUTES = ['/stream', '/events', '/stream.ndjson'] as const;
 
 let db: TestDb;
 before(async () => {
-  db = await createTestDb('resume');
-  // The table exists before any app starts, so a test may start with a user that cannot create it.
-  await db.query(readFileSync(new URL('../../sql/schema.sql', import.meta.url), 'utf8'));
+  db = await createTestDb('resume', { withTable: true });
 });
 after(async () => {
   await db.drop();

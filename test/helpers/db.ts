@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import mysql from 'mysql2/promise';
 import { waitUntil } from './wait.js';
 
@@ -20,14 +21,21 @@ export interface TestDb {
   drop(): Promise<void>;
 }
 
-/** Creates a fresh database of its own for one test file (dropped by `drop`). */
-export async function createTestDb(label: string): Promise<TestDb> {
+/**
+ * Creates a fresh database of its own for one test file (dropped by `drop`). With `withTable`
+ * the msg table of sql/schema.sql is created too, so a test may start a server as a user that
+ * cannot create it.
+ */
+export async function createTestDb(label: string, options = { withTable: false }): Promise<TestDb> {
   const name = `rowcast_t_${label}_${process.pid}`;
   const admin = await mysql.createConnection(connectionOptions());
   await admin.query(`DROP DATABASE IF EXISTS \`${name}\``);
   await admin.query(`CREATE DATABASE \`${name}\` CHARACTER SET utf8mb4`);
   await admin.end();
   const conn = await mysql.createConnection({ ...connectionOptions(), database: name });
+  if (options.withTable) {
+    await conn.query(readFileSync(new URL('../../../sql/schema.sql', import.meta.url), 'utf8'));
+  }
   const url = new URL(SERVER_URL.href);
   url.pathname = `/${name}`;
   const query = async <T>(sql: string, values?: unknown[]) =>
