@@ -16,7 +16,7 @@ export interface ServerOptions {
   readonly workers: number;
   readonly pollIntervalMs: number;
   readonly maxStreams: number;
-  /** Receives the server's stdout and stderr (pino JSON at LOG_LEVEL=warn). */
+  /** Receives the server's stdout and stderr (pino JSON at LOG_LEVEL=warn, or $BENCH_LOG_LEVEL). */
   readonly log: NodeJS.WritableStream;
 }
 
@@ -45,7 +45,7 @@ export async function startServer(options: ServerOptions): Promise<BenchServer> 
       HOST: '127.0.0.1',
       PORT: String(port),
       POLL_INTERVAL_MS: String(options.pollIntervalMs),
-      LOG_LEVEL: 'warn',
+      LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn',
       MAX_STREAMS: String(options.maxStreams),
       HEARTBEAT_MS: '15000',
       WORKERS: String(options.workers),

@@ -3,8 +3,10 @@ import { createApp } from './app.js';
 import { createClusterPrimary } from './cluster.js';
 import { type Config, loadConfig } from './config.js';
 import { ConfigError, RowcastError } from './errors.js';
+import { capYoungGeneration } from './heap.js';
 import { createLogger } from './log.js';
 
+capYoungGeneration();
 // The environment wins over .env; a missing .env is fine.
 dotenv.config({ quiet: true });
 
