@@ -1,25 +1,14 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { type Browser, chromium, type Page } from 'playwright-core';
-import { startApp, type TestApp } from './helpers/app.js';
+import type { TestApp } from './helpers/app.js';
+import { CHROMIUM, withContext } from './helpers/browser.js';
 import { createTestDb, type TestDb } from './helpers/db.js';
 import { openStream } from './helpers/stream.js';
 import { waitUntil } from './helpers/wait.js';
 
 // What a viewer sees: a real Chromium tab on GET /stream, as a user would open it.
 
-const CHROMIUM = {
-  executablePath: '/usr/bin/chromium',
-  args: [
-    '--no-sandbox',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-gpu',
-  ],
-};
 // Every Playwright wait: generous, as a row shows within one 50 ms tick and a slow CI machine must
 // not fail the test.
 const SHOWN_WITHIN_MS = 10_000;
@@ -40,22 +29,14 @@ async function withTab(
   env: Record<string, string>,
   body: (page: Page, app: TestApp) => Promise<void>,
 ): Promise<void> {
-  const app = await startApp(db.url, env);
-  try {
-    const context = await browser.newContext();
-    try {
-      const page = await context.newPage();
-      page.setDefaultTimeout(SHOWN_WITHIN_MS);
-      // The page never finishes loading: 'commit' is as far as navigation gets.
-      await page.goto(app.streamUrl.href, { waitUntil: 'commit' });
-      await waitUntil(() => app.app.hub.size === 1, "the tab's stream to open");
-      await body(page, app);
-    } finally {
-      await context.close();
-    }
-  } finally {
-    await app.close();
-  }
+  await withContext(browser, db.url, env, async (app, context) => {
+    const page = await context.newPage();
+    page.setDefaultTimeout(SHOWN_WITHIN_MS);
+    // The page never finishes loading: 'commit' is as far as navigation gets.
+    await page.goto(app.streamUrl.href, { waitUntil: 'commit' });
+    await waitUntil(() => app.app.hub.size === 1, "the tab's stream to open");
+    await body(page, app);
+  });
 }
 
 /** Waits until the row's fragment is rendered (in the DOM, with a layout box). */

@@ -2,24 +2,13 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
 import { startApp, type TestApp } from './helpers/app.js';
+import { CHROMIUM, withContext } from './helpers/browser.js';
 import { createTestDb, type TestDb } from './helpers/db.js';
 import { waitUntil } from './helpers/wait.js';
 
 // The demo page at GET / (issue 5), as a user sees it in a real Chromium tab: live messages,
 // resume after a restart, the DOM cap, the forever-frame fallback and the publish form.
 
-const CHROMIUM = {
-  executablePath: '/usr/bin/chromium',
-  args: [
-    '--no-sandbox',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-gpu',
-  ],
-};
 // Every Playwright wait. A row shows within one 50 ms tick, but an EventSource that lost its
 // server retries every 2 s (the stream's `retry:`), and a slow CI machine must not fail the test.
 const SHOWN_WITHIN_MS = 15_000;
@@ -41,17 +30,7 @@ async function withDemo(
   env: Record<string, string>,
   body: (app: TestApp, context: BrowserContext) => Promise<void>,
 ): Promise<void> {
-  const app = await startApp(db.url, { PUBLISH_TOKEN: TOKEN, ...env });
-  try {
-    const context = await browser.newContext();
-    try {
-      await body(app, context);
-    } finally {
-      await context.close();
-    }
-  } finally {
-    await app.close();
-  }
+  await withContext(browser, db.url, { PUBLISH_TOKEN: TOKEN, ...env }, body);
 }
 
 /** Opens the demo page (`path` may carry a query) and waits until it says it is live. */
