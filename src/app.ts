@@ -2,7 +2,7 @@ import type { Config } from './config.js';
 import { createServer } from './http.js';
 import { createHub, type Hub } from './hub.js';
 import type { Logger } from './log.js';
-import { createMetrics } from './metrics.js';
+import { createMetrics, type Metrics } from './metrics.js';
 import type { Poller } from './poller.js';
 import { createPolling, healthReport, type Polling } from './polling.js';
 import { createTransports } from './transports/index.js';
@@ -35,7 +35,11 @@ interface Resuming {
 // Streams that do not take their closing frame within this time are destroyed at shutdown.
 export const SHUTDOWN_GRACE_MS = 3_000;
 
-export function createApp(config: Config, logger: Logger): SingleApp {
+/**
+ * The hub of a process that holds streams (the single process, or a cluster worker), with the
+ * figures that count what it does.
+ */
+export function createStreamHub(config: Config, logger: Logger): { hub: Hub; metrics: Metrics } {
   const metrics = createMetrics();
   const hub = createHub({
     maxBufferedBytes: config.maxBufferedBytes,
@@ -44,6 +48,11 @@ export function createApp(config: Config, logger: Logger): SingleApp {
     metrics,
   });
   metrics.watchStreams(() => hub.sizes());
+  return { hub, metrics };
+}
+
+export function createApp(config: Config, logger: Logger): SingleApp {
+  const { hub, metrics } = createStreamHub(config, logger);
   const transports = createTransports(config);
   const polling = createPolling(
     config,

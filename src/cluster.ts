@@ -1,9 +1,8 @@
 import cluster, { type Worker } from 'node:cluster';
 import { fileURLToPath } from 'node:url';
-import { type App, lifecycle, SHUTDOWN_GRACE_MS } from './app.js';
+import { type App, createStreamHub, lifecycle, SHUTDOWN_GRACE_MS } from './app.js';
 import type { Config } from './config.js';
 import { createServer } from './http.js';
-import { createHub } from './hub.js';
 import type { Logger } from './log.js';
 import { aggregate, createMetrics, type Figures } from './metrics.js';
 import type { PollerHealth } from './poller.js';
@@ -338,14 +337,7 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
  */
 export async function runWorker(config: Config, logger: Logger): Promise<void> {
   // The worker's figures: streams, cut-offs, refusals, bytes written, its process.
-  const metrics = createMetrics();
-  const hub = createHub({
-    maxBufferedBytes: config.maxBufferedBytes,
-    heartbeatMs: config.heartbeatMs,
-    logger,
-    metrics,
-  });
-  metrics.watchStreams(() => hub.sizes());
+  const { hub, metrics } = createStreamHub(config, logger);
   let poll: PollerHealth = { state: 'starting', lastOkAt: null, failures: 0, pendingMarks: 0 };
   let total = 0;
   // A worker whose primary is gone is closing (see 'disconnect'): what it would send is moot.
