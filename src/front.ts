@@ -15,10 +15,11 @@ export interface StreamRequest {
 export interface FrontOptions {
   /** Everything the front does not serve itself goes here, bytes already read included. */
   readonly http: http.Server;
-  /** Whether this GET is a stream the front should serve on the bare socket right now. */
-  readonly takes: (request: StreamRequest) => boolean;
-  /** Serves an accepted stream: write the response head and the preamble, then keep the socket. */
-  readonly open: (socket: net.Socket, request: StreamRequest) => void;
+  /**
+   * Serves this GET as a stream on the bare socket (response head, preamble, then keeps the
+   * socket) and returns true; or returns false having written nothing, and node:http answers it.
+   */
+  readonly serve: (socket: net.Socket, request: StreamRequest) => boolean;
 }
 
 // Same bounds as node:http's defaults: 16 KiB of request head, 10 s to send all of it (slowloris).
@@ -45,7 +46,7 @@ export interface Front {
  * heads, later requests on a kept-alive connection — goes to node:http untouched.
  */
 export function createFront(options: FrontOptions): Front {
-  const { http, takes, open } = options;
+  const { http, serve } = options;
   const reading = new Set<net.Socket>();
   const server = net.createServer({ noDelay: true }, (socket) => {
     let head: Buffer = Buffer.alloc(0);
@@ -55,11 +56,8 @@ export function createFront(options: FrontOptions): Front {
       if (end === -1 && head.length <= MAX_HEAD_BYTES) return;
       stop();
       const request = end === -1 ? null : parseHead(head.toString('latin1', 0, end));
-      if (request !== null && end + 4 === head.length && takes(request)) {
-        open(socket, request);
-      } else {
-        handOver(socket, head, http);
-      }
+      const served = request !== null && end + 4 === head.length && serve(socket, request);
+      if (!served) handOver(socket, head, http);
     };
     // A plain timer, not socket.setTimeout(): that one leaves a Timeout and a bound function on
     // every socket for good (~170 bytes per stream), and it restarts on every byte.

@@ -123,15 +123,7 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
   // (including a stream asked for on a kept-alive connection) take the node:http path below.
   const front = createFront({
     http: server,
-    takes: (request) =>
-      streamRoutes.has(request.path) &&
-      acceptsStream() &&
-      streamAsk(
-        request.query,
-        request.headers.get('last-event-id'),
-        request.headers.get('origin'),
-      ) !== null,
-    open: openBareStream,
+    serve: serveBareStream,
   });
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
@@ -211,13 +203,13 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     };
   }
 
-  function openBareStream(socket: Socket, request: StreamRequest): void {
-    const transport = streamRoutes.get(request.path) as Transport;
-    const ask = streamAsk(
-      request.query,
-      request.headers.get('last-event-id'),
-      request.headers.get('origin'),
-    ) as StreamAsk;
+  /** Serves a stream on the bare socket, or returns false (refusals are node:http's to answer). */
+  function serveBareStream(socket: Socket, request: StreamRequest): boolean {
+    const transport = streamRoutes.get(request.path);
+    if (transport === undefined || !acceptsStream()) return false;
+    const { headers } = request;
+    const ask = streamAsk(request.query, headers.get('last-event-id'), headers.get('origin'));
+    if (ask === null) return false;
     full = false;
     const framing: Framing = request.http11 ? 'chunked' : 'raw';
     const head = responseHead(transport, ask.cors, request.http11);
@@ -226,6 +218,7 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     socket.write(body.length === 0 ? head : Buffer.concat([head, body]));
     deps.metrics.written(transport.name, body.length);
     join(socket, transport, framing, ask.since);
+    return true;
   }
 
   /** Puts an open stream in the hub, after its replay when it resumes. */
