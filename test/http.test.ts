@@ -46,6 +46,24 @@ function rawClient(head: string, url: URL = server.url) {
   };
 }
 
+/**
+ * Writes `line(i)` on `socket` every `everyMs`, `times` times at most or until the socket is
+ * gone, as a slow or insistent client would; returns what stops it.
+ */
+function keepWriting(
+  socket: net.Socket,
+  everyMs: number,
+  times: number,
+  line: (i: number) => string,
+): () => void {
+  let i = 0;
+  const timer = setInterval(() => {
+    if (socket.destroyed || i >= times) return clearInterval(timer);
+    socket.write(line(i++));
+  }, everyMs);
+  return () => clearInterval(timer);
+}
+
 const STREAM_HEADERS = {
   'content-type': 'text/html; charset=utf-8',
   'cache-control': 'no-cache, no-transform',
@@ -274,15 +292,13 @@ test('a request head trickling in on a kept-alive connection is cut by the heade
   const client = rawClient('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
   await waitUntil(() => client.received.includes('"status"'), 'the first answer');
   client.socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n');
-  let closed = false;
-  void client.closed.then(() => {
-    closed = true;
-  });
-  for (let i = 0; i < 30 && !closed; i++) {
-    client.socket.write(`X-Slow-${i}: 1\r\n`);
-    await new Promise((resolve) => setTimeout(resolve, 1000));
+  const stop = keepWriting(client.socket, 1000, 30, (i) => `X-Slow-${i}: 1\r\n`);
+  try {
+    // The timeout is checked every second: cut after about 11 s, before the 30 lines end.
+    await waitUntil(() => client.socket.destroyed, 'the connection cut', 30_000);
+  } finally {
+    stop();
   }
-  assert.ok(closed, 'the connection was cut');
   assert.match(client.received.slice(client.received.lastIndexOf('HTTP/1.1')), /^HTTP\/1\.1 408 /);
 });
 
@@ -297,15 +313,18 @@ test('at shutdown a client asking again and again on a kept-alive connection doe
     closed = true;
   });
   // A browser retrying on the same connection every 200 ms, for 20 s at most.
-  const asking = (async () => {
-    for (let i = 0; i < 100 && !closed && !client.socket.destroyed; i++) {
-      client.socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
-      await new Promise((resolve) => setTimeout(resolve, 200));
-    }
-  })();
-  await waitUntil(() => closed, 'the close, while the client keeps asking', 10_000);
+  const stop = keepWriting(
+    client.socket,
+    200,
+    100,
+    () => 'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n',
+  );
+  try {
+    await waitUntil(() => closed, 'the close, while the client keeps asking', 10_000);
+  } finally {
+    stop();
+  }
   await client.closed;
-  await asking;
   await closing;
 });
 
