@@ -147,7 +147,9 @@ export function createMetrics(): Metrics {
         registry.getMetricsAsJSON(),
         processRegistry().getMetricsAsJSON(),
       ]);
-      return [...own, ...processFigures];
+      // prom-client hands out its counters' live value objects: copy them now, or a tick that
+      // ends while the workers' figures are awaited shows in the counters but not the histograms.
+      return structuredClone([...own, ...processFigures]);
     },
   };
 }
