@@ -21,6 +21,11 @@ export interface Db {
    * BATCH_MAX_BYTES. `more` is true when older ones were left out.
    */
   fetchDelivered(since: string, limit: number, unmarked: readonly string[]): Promise<Batch>;
+  /**
+   * These rows (ids of the table, as decimal digits), in id order; rows deleted since are
+   * missing. No more content than BATCH_MAX_BYTES: the newest are kept, `more` says so.
+   */
+  fetchRows(ids: readonly string[]): Promise<Batch>;
   /** Inserts a row with `flag = 0`; resolves with its id. */
   insert(content: string): Promise<string>;
   /** Sets `flag = 1` on exactly these rows. */
@@ -185,6 +190,13 @@ export function createDb(config: Config, logger: Logger, onError: () => void = (
       const delivered =
         unmarked.length === 0 ? 'flag = 1' : `(flag = 1 OR id IN (${unmarked.join(',')}))`;
       return readRows(selectRows(`id > ? AND ${delivered}`, true), [since], limit, false);
+    },
+
+    fetchRows(ids) {
+      if (ids.length === 0) return Promise.resolve({ rows: [], more: false });
+      // Ids are decimal digits the poller read from the table, spliced in as numbers.
+      // A limit the IN list cannot reach: only the byte bound can set `more`.
+      return readRows(selectRows(`id IN (${ids.join(',')})`, true), [], ids.length + 1, false);
     },
 
     async insert(content) {

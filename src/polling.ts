@@ -12,7 +12,12 @@ import {
   type PollerHealth,
   type PollerOptions,
 } from './poller.js';
-import { createReplayer, type Replayer, type ReplayerOptions } from './replay.js';
+import {
+  createDeliveryLog,
+  createReplayer,
+  type Replayer,
+  type ReplayerOptions,
+} from './replay.js';
 
 /** The database side of a server: the pool, the schema check and the tick loop. */
 export interface Polling {
@@ -38,9 +43,14 @@ export function createPolling(
 ): Polling {
   const log = logger.child({ mod: 'app' });
   const db = createDb(config, logger, metrics.dbError);
+  const deliveries = createDeliveryLog(config.replayLimit);
   const poller = createPoller({
     db,
-    deliver,
+    async deliver(batch) {
+      const streams = await deliver(batch);
+      deliveries.record(batch.map((row) => row.id));
+      return streams;
+    },
     intervalMs: config.pollIntervalMs,
     batchSize: config.batchSize,
     logger,
@@ -78,6 +88,7 @@ export function createPolling(
     replayer: (serve, fail) =>
       createReplayer({
         db,
+        deliveries,
         poller,
         limit: config.replayLimit,
         logger,

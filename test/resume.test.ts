@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import mysql, { type ResultSetHeader } from 'mysql2/promise';
 import { startCluster, type TestApp, withApp } from './helpers/app.js';
-import { createTestDb, type TestDb, withoutUpdate } from './helpers/db.js';
+import { connectionOptions, createTestDb, type TestDb, withoutUpdate } from './helpers/db.js';
 import { withDbProxy } from './helpers/proxy.js';
 import { openStream, parseNdjson, parseSse, type StreamClient } from './helpers/stream.js';
 import { waitUntil } from './helpers/wait.js';
@@ -128,16 +129,57 @@ test('Last-Event-ID wins over since=; a resume from the newest id gets only live
 test('a resume further back than REPLAY_LIMIT gets the newest REPLAY_LIMIT rows, and a log line', async () => {
   await withApp(db.url, { REPLAY_LIMIT: '3' }, async (app) => {
     const earlier = await deliver(app, '1', '2', '3', '4', '5', '6');
+    // One resume from an id that is no row (the rows above it), one from a delivered row.
     const since = String(BigInt(earlier[0] as string) - 1n);
     const client = await openStream(new URL(`/events?since=${since}`, app.url));
+    const fromRow = await openStream(new URL(`/stream?since=${earlier[0]}`, app.url));
     await client.waitForIds(earlier.slice(3));
+    await fromRow.waitForIds(earlier.slice(3));
     const [live] = await db.insert('live');
     await client.waitForIds([live as string]);
+    await fromRow.waitForIds([live as string]);
     assert.deepEqual(client.ids(), [...earlier.slice(3), live]);
+    assert.deepEqual(fromRow.ids(), [...earlier.slice(3), live]);
+    fromRow.close();
     const replay = await app.logs.waitFor('stream.replay');
     assert.equal(replay.more, true);
     assert.equal(replay.level, 'info');
     client.close();
+  });
+});
+
+test('a row whose transaction commits late is replayed in delivery order: no gap, no duplicate', async () => {
+  await withApp(db.url, {}, async (app) => {
+    const watcher = await openStream(new URL('/events', app.url));
+    const writer = await mysql.createConnection({ ...connectionOptions(), database: db.name });
+    try {
+      await writer.beginTransaction();
+      const [result] = await writer.query<ResultSetHeader>(
+        "INSERT INTO msg (content) VALUES ('late')",
+      );
+      const late = String(result.insertId);
+      // A larger id, committed (and delivered) before the smaller one.
+      const [early] = (await db.insert('early')) as [string];
+      await watcher.waitForIds([early]);
+      await writer.commit();
+      await watcher.waitForIds([late]);
+      await db.waitMarked([early, late]);
+      assert.deepEqual(watcher.ids(), [early, late]);
+
+      // One client went away after `early`, one after `late` (the last row it saw).
+      const away = await openStream(new URL('/events', app.url), { 'Last-Event-ID': early });
+      const caughtUp = await openStream(new URL(`/stream.ndjson?since=${late}`, app.url));
+      const [live] = (await db.insert('live')) as [string];
+      await away.waitForIds([live]);
+      await caughtUp.waitForIds([live]);
+      assert.deepEqual(away.ids(), [late, live]);
+      assert.deepEqual(caughtUp.ids(), [live]);
+      away.close();
+      caughtUp.close();
+    } finally {
+      await writer.end();
+      watcher.close();
+    }
   });
 });
 
