@@ -108,8 +108,11 @@ export function createReplayer<W>(options: ReplayerOptions<W>): Replayer<W> {
   /** Each `since` the log holds gets the rows delivered after it, in the order they went out. */
   async function fromLog(logged: ReadonlyMap<string, readonly string[]>): Promise<Replay> {
     // Every answer is a suffix of the longest; the newest REPLAY_LIMIT of it are read at once.
+    let from = '';
     let longest: readonly string[] = [];
-    for (const ids of logged.values()) if (ids.length > longest.length) longest = ids;
+    for (const [since, ids] of logged) {
+      if (from === '' || ids.length > longest.length) [from, longest] = [since, ids];
+    }
     const wanted = longest.slice(-limit);
     const { rows, more } = await db.fetchRows(wanted);
     const byRowId = new Map(rows.map((row) => [row.id, row]));
@@ -122,7 +125,6 @@ export function createReplayer<W>(options: ReplayerOptions<W>): Replayer<W> {
       }
       rowsFor.set(since, found);
     }
-    const from = [...logged.keys()].sort(compareIds)[0] ?? '';
     return { rowsFor, from, rows: rows.length, more: more || longest.length > limit };
   }
 
@@ -160,7 +162,7 @@ export function createReplayer<W>(options: ReplayerOptions<W>): Replayer<W> {
 /** One query's answer: the rows for each `since` it served, and what to log about it. */
 interface Replay {
   readonly rowsFor: ReadonlyMap<string, readonly Row[]>;
-  /** The smallest `since` it served. */
+  /** The `since` furthest back it served. */
   readonly from: string;
   /** Rows read. */
   readonly rows: number;
