@@ -192,7 +192,14 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
     }
     const young = Date.now() - entry.startedAt < 5_000;
     log.error(
-      { event: 'worker.exit', worker: entry.worker.id, code, signal, respawnInMs: respawnMs },
+      // `worker` is the pid, as on the worker's own log lines.
+      {
+        event: 'worker.exit',
+        worker: entry.worker.process.pid,
+        code,
+        signal,
+        respawnInMs: respawnMs,
+      },
       'worker died; starting a replacement',
     );
     setTimeout(() => {
@@ -220,11 +227,12 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
       waiting.set(id, state);
       const timer = setTimeout(() => {
         for (const workerId of state.pending) {
+          const stuck = live.get(workerId)?.worker.process;
           log.error(
-            { event: 'worker.stuck', worker: workerId, seq: id },
+            { event: 'worker.stuck', worker: stuck?.pid, seq: id },
             'worker did not write a batch; killing it',
           );
-          live.get(workerId)?.worker.process.kill('SIGKILL');
+          stuck?.kill('SIGKILL');
         }
       }, ACK_TIMEOUT_MS);
       const message: ToWorker = { t: 'batch', seq: id, frames };

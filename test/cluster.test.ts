@@ -118,6 +118,7 @@ test('a worker that dies is replaced; its clients can reconnect; nothing stalls'
     process.kill(victim, 'SIGKILL');
     const entry = await server.logs.waitFor('worker.exit');
     assert.equal(entry.signal, 'SIGKILL');
+    assert.equal(entry.worker, victim, 'worker.exit names the pid, as the worker logs it');
     // The victim's clients see their stream break; the others stay open.
     await waitUntil(
       () => clients.filter((c) => c.res.destroyed || c.res.complete).length === 6 - survivors,
