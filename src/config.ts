@@ -78,7 +78,7 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     maxContentBytes: int('MAX_CONTENT_BYTES', 1_048_576, 1, MEDIUMTEXT_MAX_BYTES),
     logLevel: parseLogLevel(read('LOG_LEVEL') ?? 'info', problems),
     // One worker process per core; 1 serves from a single process (no cluster).
-    workers: int('WORKERS', availableParallelism(), 1, 64),
+    workers: int('WORKERS', Math.min(availableParallelism(), MAX_WORKERS), 1, MAX_WORKERS),
     // Enough for a chat page's visible history; each replay is bounded by bytes as well.
     replayLimit: int('REPLAY_LIMIT', 1000, 1, 100_000),
     publishToken: parsePublishToken(read('PUBLISH_TOKEN'), problems),
@@ -130,6 +130,9 @@ function parseTable(raw: string, problems: string[]): string {
   );
   return 'msg';
 }
+
+// More processes than this cost memory and IPC without serving more streams on one machine.
+const MAX_WORKERS = 64;
 
 // Guessable tokens defeat the point of asking for one.
 const MIN_TOKEN_CHARS = 16;

@@ -35,7 +35,7 @@ test('defaults match the configuration table of the README', () => {
   assert.equal(config.maxBufferedBytes, 1_048_576);
   assert.equal(config.maxContentBytes, 1_048_576);
   assert.equal(config.logLevel, 'info');
-  assert.equal(config.workers, availableParallelism());
+  assert.equal(config.workers, Math.min(availableParallelism(), 64));
   assert.equal(config.replayLimit, 1000);
   assert.equal(config.publishToken, null);
   assert.equal(config.allowOrigin, null);
