@@ -105,13 +105,23 @@ export function createDb(config: Config, logger: Logger, onError: () => void = (
   };
 
   /**
-   * Runs a selectRows statement; `more` is true when a bound (rows or bytes) left rows out. Odd
-   * rows are logged on their first delivery only (`warn`), not again on every replay.
+   * Reads the oldest (or the newest) rows matching `where`, at most `limit`, through selectRows;
+   * `more` is true when a bound (rows or bytes) left rows out. Odd rows are logged on their first
+   * delivery only (`warn`), not again on every replay.
    */
-  async function readRows(sql: string, values: unknown[], limit: number, warn: boolean) {
-    const found = await run<FoundRow[]>(sql, [...values, limit]);
+  async function readRows(
+    where: string,
+    newest: boolean,
+    values: unknown[],
+    limit: number,
+    warn: boolean,
+  ) {
+    // One row beyond the limit tells whether the limit left any out; it is not returned.
+    const found = await run<FoundRow[]>(selectRows(where, newest), [...values, limit + 1]);
+    const overLimit = found.length > limit;
+    if (overLimit) newest ? found.shift() : found.pop();
     const upto = Math.max(0, ...found.map((raw) => Number(raw.upto)));
-    const more = found.length === limit || upto >= BATCH_MAX_BYTES;
+    const more = overLimit || upto >= BATCH_MAX_BYTES;
     const rows = found.map(toRow);
     if (warn) rows.forEach(warnIfOdd);
     return { rows, more };
@@ -182,21 +192,20 @@ export function createDb(config: Config, logger: Logger, onError: () => void = (
     },
 
     fetchPending(limit) {
-      return readRows(selectRows('flag = 0', false), [], limit, true);
+      return readRows('flag = 0', false, [], limit, true);
     },
 
     fetchDelivered(since, limit, unmarked) {
       // Rows written but whose mark has not reached the table yet count as delivered too.
       const delivered =
         unmarked.length === 0 ? 'flag = 1' : `(flag = 1 OR id IN (${unmarked.join(',')}))`;
-      return readRows(selectRows(`id > ? AND ${delivered}`, true), [since], limit, false);
+      return readRows(`id > ? AND ${delivered}`, true, [since], limit, false);
     },
 
     fetchRows(ids) {
       if (ids.length === 0) return Promise.resolve({ rows: [], more: false });
       // Ids are decimal digits the poller read from the table, spliced in as numbers.
-      // A limit the IN list cannot reach: only the byte bound can set `more`.
-      return readRows(selectRows(`id IN (${ids.join(',')})`, true), [], ids.length + 1, false);
+      return readRows(`id IN (${ids.join(',')})`, true, [], ids.length, false);
     },
 
     async insert(content) {

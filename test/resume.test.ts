@@ -148,6 +148,20 @@ test('a resume further back than REPLAY_LIMIT gets the newest REPLAY_LIMIT rows,
   });
 });
 
+test('a resume of exactly REPLAY_LIMIT rows gets them all and says nothing was left out', async () => {
+  await withApp(db.url, { REPLAY_LIMIT: '3' }, async (app) => {
+    const earlier = await deliver(app, 'x', 'y', 'z');
+    const since = String(BigInt(earlier[0] as string) - 1n);
+    const client = await openStream(new URL(`/events?since=${since}`, app.url));
+    await client.waitForIds(earlier);
+    assert.deepEqual(client.ids(), earlier);
+    const replay = await app.logs.waitFor('stream.replay');
+    assert.equal(replay.more, false);
+    assert.equal(replay.level, 'debug');
+    client.close();
+  });
+});
+
 test('a row whose transaction commits late is replayed in delivery order: no gap, no duplicate', async () => {
   await withApp(db.url, {}, async (app) => {
     const watcher = await openStream(new URL('/events', app.url));
