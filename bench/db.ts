@@ -34,8 +34,9 @@ export interface BenchDb {
   drop(): Promise<void>;
 }
 
-export async function openBenchDb(name: string): Promise<BenchDb> {
-  const conn = await mysql.createConnection({
+/** A connection to DB_SERVER (no database selected). */
+function connectToServer(): Promise<mysql.Connection> {
+  return mysql.createConnection({
     host: DB_SERVER.hostname,
     port: Number(DB_SERVER.port || 3306),
     user: decodeURIComponent(DB_SERVER.username || 'root'),
@@ -43,6 +44,10 @@ export async function openBenchDb(name: string): Promise<BenchDb> {
     supportBigNumbers: true,
     connectTimeout: 5_000,
   });
+}
+
+export async function openBenchDb(name: string): Promise<BenchDb> {
+  const conn = await connectToServer();
   const quoted = `\`${name}\``;
   let dropped: Promise<void> | null = null;
   const query = async <T>(sql: string, values?: unknown[]) =>
@@ -98,13 +103,7 @@ export async function openBenchDb(name: string): Promise<BenchDb> {
 
 /** Drops a bench database over a connection of its own (used when the main one may be stuck). */
 export async function dropDatabase(name: string): Promise<void> {
-  const conn = await mysql.createConnection({
-    host: DB_SERVER.hostname,
-    port: Number(DB_SERVER.port || 3306),
-    user: decodeURIComponent(DB_SERVER.username || 'root'),
-    password: decodeURIComponent(DB_SERVER.password),
-    connectTimeout: 5_000,
-  });
+  const conn = await connectToServer();
   try {
     await conn.query(`DROP DATABASE IF EXISTS \`${name}\``);
   } finally {
