@@ -8,22 +8,18 @@ import type { Logger } from './log.js';
 import { METRICS_CONTENT_TYPE, type Metrics } from './metrics.js';
 import { createPublishHandler } from './publish.js';
 import { reply } from './reply.js';
+import type { HealthReport } from './source/log.js';
 import type { Transports } from './transports/index.js';
 import type { Transport } from './transports/transport.js';
-
-export interface HealthReport {
-  readonly healthy: boolean;
-  readonly body: Readonly<Record<string, unknown>>;
-}
 
 export interface ServerDeps {
   readonly hub: Hub;
   readonly transports: Transports;
   readonly health: () => HealthReport;
   /**
-   * Frames for `transport` the delivered rows after `since` and calls `done` with them between
-   * two ticks, so that `done` joins the stream to the hub before the next tick writes; `null` when
-   * they could not be read.
+   * Frames for `transport` the rows after row id `since` in the delivery order (and the live
+   * batches since) and calls `done` with them, which joins the stream to the hub at once; `null`
+   * when they could not be read.
    */
   readonly resume: (
     since: string,
@@ -103,6 +99,7 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
   const routes: Record<string, Record<string, Handler>> = {
     '/': { GET: demo, HEAD: demo },
     '/healthz': { GET: healthz, HEAD: healthz },
+    '/readyz': { GET: readyz, HEAD: readyz },
     // Browsers ask for it on every page; an empty answer keeps their consoles free of 404s.
     '/favicon.ico': { GET: noContent, HEAD: noContent },
     '/metrics': { GET: metrics, HEAD: metrics },
@@ -256,6 +253,16 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
   function healthz(_req: IncomingMessage, res: ServerResponse): void {
     const report = deps.health();
     reply(res, report.healthy ? 200 : 503, `${JSON.stringify(report.body)}\n`, {
+      'Content-Type': 'application/json',
+    });
+  }
+
+  // For load balancers: healthy, and not shutting down (a closing instance takes no new streams).
+  function readyz(_req: IncomingMessage, res: ServerResponse): void {
+    const report = deps.health();
+    const ready = report.healthy && !closing;
+    const body = { ...report.body, status: ready ? 'ready' : closing ? 'closing' : 'unavailable' };
+    reply(res, ready ? 200 : 503, `${JSON.stringify(body)}\n`, {
       'Content-Type': 'application/json',
     });
   }

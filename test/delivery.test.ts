@@ -92,7 +92,7 @@ test('a full batch drains the backlog without waiting for the next interval', as
   await withApp(db.url, { BATCH_SIZE: '10', POLL_INTERVAL_MS: '60000' }, async (app) => {
     const client = await openStream(app.streamUrl);
     const ids = await db.insert(...Array.from({ length: 35 }, (_, i) => `backlog ${i}`));
-    app.app.poller.wake();
+    app.app.tailer.wake();
     await client.waitForIds(ids);
     // poll.batch is logged after the mark, which may trail the last write.
     const batches = await waitUntil(
@@ -115,12 +115,12 @@ test('one SELECT per tick whatever the number of streams; UPDATE names exactly t
   await withDbProxy(async (proxy) => {
     await withApp(proxy.url(db.name), { POLL_INTERVAL_MS: '60000' }, async (app) => {
       const selectsPerTick = async (streams: number): Promise<number> => {
-        await app.app.poller.pollOnce(); // queued after the tick that start() ran
+        await app.app.tailer.pollOnce(); // queued after the tick that start() ran
         const clients = await openStreams(app, streams);
         const before = proxy.queries.length;
         const ids = await db.insert('a', 'b');
         const ticks = 5;
-        for (let i = 0; i < ticks; i++) await app.app.poller.pollOnce();
+        for (let i = 0; i < ticks; i++) await app.app.tailer.pollOnce();
         for (const client of clients) await client.waitForIds(ids);
         const sent = proxy.queries.slice(before);
         const selects = sent.filter((sql) => /^\s*SELECT/i.test(sql) && /flag = 0/.test(sql));

@@ -112,18 +112,18 @@ test('rows whose mark failed are not sent again; the mark is retried before any 
   await withoutUpdate(db, proxy.url(db.name), async (url, user) => {
     // A one-minute interval: the test runs every tick after the first itself, with pollOnce.
     await withApp(url, { POLL_INTERVAL_MS: '60000', HEARTBEAT_MS: '200' }, async (app) => {
-      await app.app.poller.pollOnce();
+      await app.app.tailer.pollOnce();
       const client = await openStream(app.streamUrl);
       const denied = { code: 'ER_TABLEACCESS_DENIED_ERROR' };
 
       const sent = await db.insert('one', 'two');
-      await assert.rejects(app.app.poller.pollOnce(), denied);
+      await assert.rejects(app.app.tailer.pollOnce(), denied);
       await client.waitForIds(sent);
-      for (let i = 0; i < 3; i++) await assert.rejects(app.app.poller.pollOnce(), denied);
+      for (let i = 0; i < 3; i++) await assert.rejects(app.app.tailer.pollOnce(), denied);
 
       const [fresh] = (await db.insert('inserted while the mark fails')) as [string];
       const queriesBefore = proxy.queries.length;
-      await assert.rejects(app.app.poller.pollOnce(), denied);
+      await assert.rejects(app.app.tailer.pollOnce(), denied);
       assert.deepEqual(
         proxy.queries.slice(queriesBefore),
         [`UPDATE \`msg\` SET flag = 1 WHERE id IN (${sent.join(',')})`],
@@ -144,7 +144,7 @@ test('rows whose mark failed are not sent again; the mark is retried before any 
       // A table-level GRANT applies to open connections at their next statement (a database-level
       // one only to new connections), so the very next tick may update.
       await db.query(`GRANT UPDATE ON \`${db.name}\`.\`msg\` TO ?@'%'`, [user]);
-      await app.app.poller.pollOnce();
+      await app.app.tailer.pollOnce();
       flags = await db.flags();
       for (const id of [...sent, fresh]) assert.equal(flags.get(id), 1, `row ${id} flagged`);
       await client.waitForIds([fresh]);

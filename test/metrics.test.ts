@@ -275,9 +275,9 @@ test('rows whose mark failed are the pending marks until the mark goes through',
   await withoutUpdate(db, db.url, async (url, user) => {
     // A one-minute interval: the test runs every tick after the first itself, with pollOnce.
     await withApp(url, { POLL_INTERVAL_MS: '60000', ...NO_HEARTBEAT }, async (app) => {
-      await app.app.poller.pollOnce();
+      await app.app.tailer.pollOnce();
       const rows = await db.insert('one', 'two');
-      await assert.rejects(app.app.poller.pollOnce(), { code: 'ER_TABLEACCESS_DENIED_ERROR' });
+      await assert.rejects(app.app.tailer.pollOnce(), { code: 'ER_TABLEACCESS_DENIED_ERROR' });
       let figures = await scrape(app.url);
       assert.equal(value(figures, 'rowcast_pending_marks'), rows.length);
       assert.equal(value(figures, DELIVERED), rows.length);
@@ -285,7 +285,7 @@ test('rows whose mark failed are the pending marks until the mark goes through',
       assert.equal(value(figures, DB_ERRORS), 1);
 
       await db.query(`GRANT UPDATE ON \`${db.name}\`.\`msg\` TO ?@'%'`, [user]);
-      await app.app.poller.pollOnce();
+      await app.app.tailer.pollOnce();
       figures = await scrape(app.url);
       assert.equal(value(figures, 'rowcast_pending_marks'), 0);
       assert.equal(value(figures, DELIVERED), rows.length, 'not delivered again');

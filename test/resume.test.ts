@@ -258,10 +258,10 @@ test('rows written but not yet marked (the mark fails) are replayed, and never s
   await withoutUpdate(db, db.url, async (url, user) => {
     // A one-minute interval: the test runs every tick after the first itself, with pollOnce.
     await withApp(url, { POLL_INTERVAL_MS: '60000' }, async (app) => {
-      await app.app.poller.pollOnce();
+      await app.app.tailer.pollOnce();
       const live = await openStream(new URL('/events', app.url));
       const sent = await db.insert('unmarked 1', 'unmarked 2');
-      await assert.rejects(app.app.poller.pollOnce(), { code: 'ER_TABLEACCESS_DENIED_ERROR' });
+      await assert.rejects(app.app.tailer.pollOnce(), { code: 'ER_TABLEACCESS_DENIED_ERROR' });
       await live.waitForIds(sent);
       const flags = await db.flags();
       for (const id of sent) assert.equal(flags.get(id), 0, `row ${id} still unmarked`);
@@ -271,7 +271,7 @@ test('rows written but not yet marked (the mark fails) are replayed, and never s
       await resumed.waitForIds(sent);
       await db.query(`GRANT UPDATE ON \`${db.name}\`.\`msg\` TO ?@'%'`, [user]);
       const [fresh] = await db.insert('after the mark');
-      await app.app.poller.pollOnce();
+      await app.app.tailer.pollOnce();
       await resumed.waitForIds([fresh as string]);
       await live.waitForIds([fresh as string]);
       assert.deepEqual(resumed.ids(), [...sent, fresh]);

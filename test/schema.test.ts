@@ -137,7 +137,7 @@ for (const { table, missing, ddl } of INCOMPLETE_TABLES) {
       // Not retried, never polled, never listening, and the table left as it was.
       assert.equal(logs.events('db.unreachable').length, 0);
       assert.equal(logs.events('server.listening').length, 0);
-      const poll = app.poller.health();
+      const poll = app.tailer.health();
       assert.equal(poll.state, 'starting');
       assert.equal(poll.lastOkAt, null);
       assert.equal(
@@ -182,7 +182,7 @@ test('bad credentials or an unknown database make start() reject with ROWCAST_DB
       const cause = (err.cause as { code?: unknown }).code;
       assert.ok(causes.includes(String(cause)), `${what}: cause ${String(cause)}`);
       assert.equal(logs.events('db.unreachable').length, 0, `${what}: not retried`);
-      assert.equal(app.poller.health().state, 'starting', what);
+      assert.equal(app.tailer.health().state, 'starting', what);
       if (url.password !== '') assert.ok(!err.message.includes(url.password), 'no password');
     } finally {
       await app.close();

@@ -27,7 +27,7 @@ export interface Message {
 }
 
 /** One `<div class="msg">` fragment: id and inner HTML. */
-export const FRAGMENT = /<div class="msg" data-id="(\d+)">([\s\S]*?)<\/div>\n/g;
+export const FRAGMENT = /<div class="msg" data-id="(\d+)" data-seq="\d+">([\s\S]*?)<\/div>\n/g;
 
 export function parseMessages(text: string): Message[] {
   return [...text.matchAll(FRAGMENT)].map((m) => ({ id: m[1] as string, html: m[2] as string }));
