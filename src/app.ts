@@ -1,4 +1,5 @@
 import type { Config } from './config.js';
+import { mergeFramed } from './fanout/batches.js';
 import { createResumer, type Framed, framedRows, type ReadReplays } from './fanout/resumer.js';
 import { createServer, type ServerDeps } from './http.js';
 import { createHub, type Hub } from './hub.js';
@@ -76,11 +77,8 @@ export function createStreamSide(
     http,
     deliver(batches) {
       for (const batch of batches) resumer.hold(batch);
-      return hub.broadcast((transport) =>
-        batches.length === 1
-          ? (batches[0] as Framed).frame(transport)
-          : Buffer.concat(batches.map((batch) => batch.frame(transport))),
-      );
+      const merged = mergeFramed(batches);
+      return hub.broadcast((transport) => merged.frame(transport));
     },
   };
 }

@@ -55,8 +55,7 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
       switch (message.t) {
         case 'ack': {
           entry.streams = message.written;
-          const settled = entry.unacked.findIndex((sent) => sent.lastSeq > message.lastSeq);
-          entry.unacked.splice(0, settled === -1 ? entry.unacked.length : settled);
+          entry.backlog.acked(message.lastSeq);
           break;
         }
         case 'streams':
@@ -95,7 +94,7 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
     let streams = 0;
     for (const entry of supervisor.live.values()) {
       if (!entry.ready) continue;
-      entry.unacked.push({ lastSeq: batch.lastSeq, bytes, sentAt: now });
+      entry.backlog.sent({ lastSeq: batch.lastSeq, bytes, sentAt: now });
       supervisor.send(entry, message);
       streams += entry.streams;
     }
@@ -107,17 +106,15 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
   function cutStuck(): void {
     const now = Date.now();
     for (const entry of supervisor.live.values()) {
-      const oldest = entry.unacked[0];
-      if (oldest === undefined) continue;
-      const backlog = entry.unacked.reduce((sum, sent) => sum + sent.bytes, 0);
-      if (now - oldest.sentAt > ACK_TIMEOUT_MS || backlog > MAX_WORKER_BACKLOG_BYTES) {
+      const { batches, bytes, waitedMs } = entry.backlog.state(now);
+      if (waitedMs > ACK_TIMEOUT_MS || bytes > MAX_WORKER_BACKLOG_BYTES) {
         supervisor.kill(
           entry,
           'worker.stuck',
-          { batches: entry.unacked.length, backlogBytes: backlog, waitedMs: now - oldest.sentAt },
+          { batches, backlogBytes: bytes, waitedMs },
           'worker does not keep up with the batches; killing it (its clients resume)',
         );
-        entry.unacked.length = 0;
+        entry.backlog.clear();
       }
     }
   }
@@ -164,10 +161,13 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
     const message: ToWorker = { t: 'health', tail: table.tailer.health(), streams };
     for (const entry of supervisor.live.values()) if (entry.ready) supervisor.send(entry, message);
   }
-  const healthTimer = setInterval(() => {
-    sendHealth();
-    cutStuck();
-  }, Math.min(1000, config.pollIntervalMs));
+  const healthTimer = setInterval(
+    () => {
+      sendHealth();
+      cutStuck();
+    },
+    Math.min(1000, config.pollIntervalMs),
+  );
   healthTimer.unref();
 
   return {

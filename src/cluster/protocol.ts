@@ -13,7 +13,12 @@ export type ToWorker =
   | { readonly t: 'batch'; readonly lastSeq: number; readonly frames: Map<string, Uint8Array> }
   | { readonly t: 'health'; readonly tail: TailerHealth; readonly streams: number }
   /** The outcome of a worker's request (see rpc.ts), or why it failed. */
-  | { readonly t: 'answer'; readonly req: number; readonly value?: unknown; readonly error?: string }
+  | {
+      readonly t: 'answer';
+      readonly req: number;
+      readonly value?: unknown;
+      readonly error?: string;
+    }
   /** Send your figures (for a /metrics request some worker got). */
   | { readonly t: 'collect'; readonly req: number }
   | { readonly t: 'close' };

@@ -1,6 +1,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from '../log.js';
+import { type Backlog, createBacklog } from './backlog.js';
 import type { ToPrimary, ToWorker } from './protocol.js';
 
 /** A forked worker as the primary tracks it. */
@@ -10,8 +11,8 @@ export interface WorkerEntry {
   ready: boolean;
   streams: number;
   readonly startedAt: number;
-  /** Batches sent and not acknowledged yet, oldest first: what bounds a slow worker. */
-  readonly unacked: { lastSeq: number; bytes: number; sentAt: number }[];
+  /** Batches sent and not written yet: what bounds a slow worker. */
+  readonly backlog: Backlog;
 }
 
 export interface SupervisorOptions {
@@ -72,7 +73,7 @@ export function createSupervisor(options: SupervisorOptions): Supervisor {
       ready: false,
       streams: 0,
       startedAt: Date.now(),
-      unacked: [],
+      backlog: createBacklog(),
     };
     live.set(worker.id, entry);
     if (options.workerOutput !== undefined) pipeLines(worker, options.workerOutput);

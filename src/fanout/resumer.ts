@@ -86,7 +86,12 @@ export function createResumer(options: ResumerOptions): Resumer {
     }
   }
 
-  function serve(waiters: readonly Resuming[], replay: Replay, live: readonly Framed[], since: string) {
+  function serve(
+    waiters: readonly Resuming[],
+    replay: Replay,
+    live: readonly Framed[],
+    since: string,
+  ) {
     const frames = new Map<Transport, Buffer>();
     for (const { transport, done } of waiters) {
       let frame = frames.get(transport);
@@ -110,7 +115,8 @@ export function createResumer(options: ResumerOptions): Resumer {
       streams: waiters.length,
     };
     // A gap is something the client sees; an operator may want a larger REPLAY_LIMIT.
-    if (replay.gap !== null) log.info(entry, `resume not exact (${replay.gap.reason}); gap frame sent`);
+    if (replay.gap !== null)
+      log.info(entry, `resume not exact (${replay.gap.reason}); gap frame sent`);
     else log.debug(entry, 'replayed');
   }
 
@@ -134,10 +140,7 @@ export function createResumer(options: ResumerOptions): Resumer {
 }
 
 /** A batch of rows framed lazily, once per transport. */
-export function framedRows(
-  rows: Parameters<Transport['frame']>[0],
-  lastSeq: number,
-): Framed {
+export function framedRows(rows: Parameters<Transport['frame']>[0], lastSeq: number): Framed {
   const frames = new Map<Transport, Buffer>();
   return {
     lastSeq,

@@ -5,7 +5,13 @@ import type { ReadReplays } from '../fanout/resumer.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { createTableSource, QUERY_TIMEOUT_MS } from './table.js';
-import { type Batch, createTailer, MAX_BACKOFF_MS, type Tailer, type TailerHealth } from './tailer.js';
+import {
+  type Batch,
+  createTailer,
+  MAX_BACKOFF_MS,
+  type Tailer,
+  type TailerHealth,
+} from './tailer.js';
 
 /** The database side of an instance: the table as a log, its tick loop, replays and publishes. */
 export interface TableLog {

@@ -16,7 +16,8 @@ export interface Position {
  */
 export function startOf(position: Position, upto: number): { after: number; exact: boolean } {
   if (position.seq !== null) return { after: position.seq, exact: true };
-  if (position.nextSeq !== null) return { after: Math.min(position.nextSeq - 1, upto), exact: false };
+  if (position.nextSeq !== null)
+    return { after: Math.min(position.nextSeq - 1, upto), exact: false };
   return { after: upto, exact: false };
 }
 

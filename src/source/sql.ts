@@ -140,11 +140,13 @@ ORDER BY b.seq`;
  * row after it by id, where a resume from a row without seq starts.
  */
 export function positionsSql(table: string, ids: readonly string[]): string {
+  // IF() evaluates only the branch it takes: the scan for the next row runs for ids without seq.
   return ids
     .map(
       (id) =>
-        `SELECT ${id} AS id, (SELECT seq FROM ${q(table)} WHERE id = ${id}) AS seq, ` +
-        `(SELECT MIN(seq) FROM ${q(table)} WHERE id > ${id}) AS next_seq`,
+        `SELECT ${id} AS id, p.seq, IF(p.seq IS NULL, ` +
+        `(SELECT MIN(seq) FROM ${q(table)} WHERE id > ${id}), NULL) AS next_seq ` +
+        `FROM (SELECT (SELECT seq FROM ${q(table)} WHERE id = ${id}) AS seq) AS p`,
     )
     .join('\nUNION ALL ');
 }

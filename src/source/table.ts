@@ -101,7 +101,12 @@ export function createTableSource(
       log.warn({ event: 'row.null', id: row.id }, 'row has NULL content; sent as empty');
     } else if (row.truncatedFrom !== null) {
       log.warn(
-        { event: 'row.truncated', id: row.id, bytes: row.truncatedFrom, limit: shape.maxContentBytes },
+        {
+          event: 'row.truncated',
+          id: row.id,
+          bytes: row.truncatedFrom,
+          limit: shape.maxContentBytes,
+        },
         'row content over MAX_CONTENT_BYTES; sent cut',
       );
     }

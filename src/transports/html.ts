@@ -1,5 +1,12 @@
 import { escapeHtml } from '../escape.js';
-import { cutNote, type Gap, gapNote, type Row, STREAM_HEADERS, type Transport } from './transport.js';
+import {
+  cutNote,
+  type Gap,
+  gapNote,
+  type Row,
+  STREAM_HEADERS,
+  type Transport,
+} from './transport.js';
 
 // The charset goes in the header and in a <meta> of the preamble: without it Chromium decodes the
 // page as windows-1252. Newlines in content stay visible (pre-wrap); long words wrap.

@@ -1,4 +1,4 @@
-import { type Gap, type Row, STREAM_HEADERS, type Transport } from './transport.js';
+import { type Row, STREAM_HEADERS, type Transport } from './transport.js';
 
 /**
  * Newline-delimited JSON for programs: one object per row and line,
