@@ -113,7 +113,7 @@ async function missingStatements(run: Run, table: string, have: ReadonlySet<stri
 }
 
 async function runAll(run: Run, statements: readonly string[], table: string): Promise<void> {
-  for (const sql of statements) {
+  for (const [i, sql] of statements.entries()) {
     try {
       await run(sql);
     } catch (err) {
@@ -122,7 +122,10 @@ async function runAll(run: Run, statements: readonly string[], table: string): P
       throw new MigrationError(
         `the database user may not prepare table \`${table}\` (${(err as Error).message}); ` +
           `run these statements as a user who may (sql/migrate.sql has them for msg), then start again:\n` +
-          `${statements.map((s) => `${s};`).join('\n')}`,
+          `${statements
+            .slice(i)
+            .map((s) => `${s};`)
+            .join('\n')}`,
         err,
       );
     }
