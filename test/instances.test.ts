@@ -87,12 +87,11 @@ for (const [n, layout] of LAYOUTS.entries()) {
         Array.from({ length: 520 }, (_, i) => i + 1),
       );
       for (const client of clients) assert.deepEqual(ndjsonRows(client), expected);
-      const claimed = instances.map(
-        (instance) =>
-          instance
-            .logs()
-            .filter((entry) => entry.event === 'claim')
-            .reduce((sum, entry) => sum + Number(entry.rows), 0),
+      const claimed = instances.map((instance) =>
+        instance
+          .logs()
+          .filter((entry) => entry.event === 'claim')
+          .reduce((sum, entry) => sum + Number(entry.rows), 0),
       );
       assert.equal(
         claimed.reduce((a, b) => a + b, 0),

@@ -81,6 +81,16 @@ export function createTableLog(
     },
     async readReplays(sinces) {
       await tailer.started;
+      // A client may resume from a row another instance delivered and this one has not tailed
+      // yet: its replay would be empty and the tail would then send it the rows up to that one a
+      // second time. Every row a client can have seen is claimed, so at most the counter: tail up
+      // to it first.
+      const { lastSeq } = await source.head();
+      const deadline = Date.now() + QUERY_TIMEOUT_MS;
+      while ((tailer.cursor ?? 0) < lastSeq) {
+        if (Date.now() > deadline) throw new Error(`tail behind seq ${lastSeq}; replay given up`);
+        await tailer.pollOnce();
+      }
       // Read now, before the query: batches handed over from here on are past it.
       const upto = tailer.cursor ?? 0;
       return { upto, replays: await source.replay(sinces, upto, config.replayLimit) };

@@ -116,6 +116,8 @@ export function createTailer(options: TailerOptions): Tailer {
       }
       lastSeq = Math.max(lastSeq, claim.lastSeq);
       again = claim.more;
+      // It took every row that was pending: none has been waiting since.
+      if (claim.rows > 0 && !claim.more) noteUnclaimed(null, null);
     }
     headSeq = Math.max(headSeq, lastSeq);
     if (lastSeq <= cursor) return again;
