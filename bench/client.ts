@@ -4,11 +4,13 @@ import { type Collected, type FromClient, monotonicMs, type ToClient } from './p
 
 // A load-generator process (forked by bench/clients.ts). It holds thousands of raw TCP streams
 // from one loopback source address and parses only what the bench needs from each row:
-// `data-id="ID">SENT_US</div>`, where SENT_US is the insert time in µs on the monotonic clock.
+// `data-id="ID" data-seq="SEQ">SENT_US</div>`, where SENT_US is the insert time in µs on the
+// monotonic clock (a fragment without data-seq, rowcast v1's, is read with seq 0).
 // The hot path allocates nothing per row: one shared read buffer for every socket, typed arrays
 // for per-stream state, and a copy only for the rare row cut across two reads.
 
 const MARK = Buffer.from('data-id="');
+const SEQ_MARK = Buffer.from(' data-seq="');
 const READ_BUFFER = Buffer.alloc(64 * 1024);
 const DIGIT_0 = 48;
 const DIGIT_9 = 57;
@@ -17,7 +19,7 @@ let sockets: (net.Socket | undefined)[] = [];
 let carry: (Buffer | undefined)[] = [];
 let established = new Uint8Array(0);
 let isOpen = new Uint8Array(0);
-let lastId = new Float64Array(0);
+let lastSeq = new Float64Array(0);
 let openCount = 0;
 
 // The current phase.
@@ -25,11 +27,14 @@ let base = 0;
 let expected = 0;
 let bytesPerStream = 0;
 let seen = new Uint8Array(0);
+// The seq each expected row came with on the first stream that got it (0: not yet seen).
+let seqOf = new Float64Array(0);
 let openAtStart = new Uint8Array(0);
 let latencies = new Float32Array(0);
 let received = 0;
 let duplicated = 0;
 let outOfOrder = 0;
+let seqMismatch = 0;
 let unexpected = 0;
 let closed = 0;
 let firstReceipt = 0;
@@ -68,7 +73,7 @@ function connectAll(command: Extract<ToClient, { t: 'connect' }>): Promise<FromC
   carry = new Array(count);
   established = new Uint8Array(count);
   isOpen = new Uint8Array(count);
-  lastId = new Float64Array(count);
+  lastSeq = new Float64Array(count);
   const failures: Record<string, number> = {};
   const started = Date.now();
   const stopStartingAt = started + command.deadlineMs;
@@ -183,21 +188,34 @@ function onRows(index: number, bytes: number): void {
       id = id * 10 + c - DIGIT_0;
       c = data[++p] ?? 0;
     }
-    p += 2; // `">`
+    p++; // `"`
+    let seq = 0;
+    const seqEnd = p + SEQ_MARK.length;
+    if (seqEnd <= data.length && data.compare(SEQ_MARK, 0, SEQ_MARK.length, p, seqEnd) === 0) {
+      p += SEQ_MARK.length;
+      c = data[p] ?? 0;
+      while (c >= DIGIT_0 && c <= DIGIT_9) {
+        seq = seq * 10 + c - DIGIT_0;
+        c = data[++p] ?? 0;
+      }
+      p++; // `"`
+    }
+    p++; // `>`
     let sentUs = 0;
     c = data[p] ?? 0;
     while (c >= DIGIT_0 && c <= DIGIT_9) {
       sentUs = sentUs * 10 + c - DIGIT_0;
       c = data[++p] ?? 0;
     }
-    record(index, id, now - sentUs / 1000, now);
+    record(index, id, seq, now - sentUs / 1000, now);
     at = data.indexOf(MARK, p);
   }
 }
 
-function record(index: number, id: number, latencyMs: number, now: number): void {
-  if (id < (lastId[index] as number)) outOfOrder++;
-  lastId[index] = id;
+function record(index: number, id: number, seq: number, latencyMs: number, now: number): void {
+  // Delivery order is seq order (docs/delivery.md 2).
+  if (seq < (lastSeq[index] as number)) outOfOrder++;
+  lastSeq[index] = seq;
   if (firstReceipt === 0) firstReceipt = now;
   lastReceipt = now;
   const offset = id - base;
@@ -213,6 +231,11 @@ function record(index: number, id: number, latencyMs: number, now: number): void
     return;
   }
   seen[byte] = flags | bit;
+  // Every stream, on every instance, must see the row under the same seq: one order for all.
+  // A row without data-seq counts as a mismatch too.
+  const known = seqOf[offset] as number;
+  if (seq === 0 || (known !== 0 && known !== seq)) seqMismatch++;
+  else if (known === 0) seqOf[offset] = seq;
   latencies[received++] = latencyMs;
 }
 
@@ -221,11 +244,13 @@ function startPhase(first: number, count: number): void {
   expected = count;
   bytesPerStream = Math.ceil(count / 8);
   seen = new Uint8Array(sockets.length * bytesPerStream);
+  seqOf = new Float64Array(count);
   openAtStart = isOpen.slice();
   latencies = new Float32Array(openCount * count);
   received = 0;
   duplicated = 0;
   outOfOrder = 0;
+  seqMismatch = 0;
   unexpected = 0;
   closed = 0;
   firstReceipt = 0;
@@ -247,6 +272,8 @@ function collect(): Collected {
     lost: streams * expected - received,
     duplicated,
     outOfOrder,
+    seqMismatch,
+    seqs: seqOf,
     unexpected,
     closed,
     firstReceipt,

@@ -6,8 +6,12 @@ const CLIENT_ENTRY = fileURLToPath(new URL('./client.js', import.meta.url));
 
 export interface ClientPool {
   readonly pids: readonly number[];
-  /** Opens `streams` streams, split evenly over the clients, each from its own source address. */
-  connect(options: ConnectOptions): Promise<Connected[]>;
+  /**
+   * Opens `streams` streams, split evenly over the instances (`ports`), then each instance's
+   * share evenly over its clients: client i connects to `ports[i % ports.length]` only, from its
+   * own source address. The replies come in client order, each with the instance it targets.
+   */
+  connect(options: ConnectOptions): Promise<(Connected & { readonly instance: number })[]>;
   /** Starts a phase on every client; resolves once every client has reset its counters. */
   expect(base: number, count: number): Promise<void>;
   progress(): Promise<{ received: number; open: number }>;
@@ -19,7 +23,8 @@ export interface ClientPool {
 }
 
 export interface ConnectOptions {
-  readonly port: number;
+  /** One port per rowcast instance; there must be at least as many clients as ports. */
+  readonly ports: readonly number[];
   readonly streams: number;
   /** Source addresses, one per client (127.0.0.x). */
   readonly addresses: readonly string[];
@@ -45,13 +50,25 @@ export function startClients(count: number): ClientPool {
   return {
     pids: children.map((child) => child.pid),
     async connect(options) {
-      const share = (index: number) =>
-        Math.floor(options.streams / count) + (index < options.streams % count ? 1 : 0);
-      return all<Connected>(
+      const instances = options.ports.length;
+      if (instances === 0 || instances > count) {
+        throw new Error(`${count} client processes cannot target ${instances} instances`);
+      }
+      const split = (total: number, parts: number, index: number) =>
+        Math.floor(total / parts) + (index < total % parts ? 1 : 0);
+      const instanceOf = (index: number) => index % instances;
+      // Client i is the (i / instances)-th of the clients of its instance.
+      const share = (index: number) => {
+        const instance = instanceOf(index);
+        const clientsOfInstance = split(count, instances, instance);
+        const streams = split(options.streams, instances, instance);
+        return split(streams, clientsOfInstance, Math.floor(index / instances));
+      };
+      const replies = await all<Connected>(
         (index) => ({
           t: 'connect',
           host: '127.0.0.1',
-          port: options.port,
+          port: options.ports[instanceOf(index)] as number,
           localAddress: options.addresses[index] as string,
           count: share(index),
           concurrency: Math.max(1, Math.floor(options.concurrency / count)),
@@ -60,6 +77,7 @@ export function startClients(count: number): ClientPool {
         }),
         options.deadlineMs + options.timeoutMs + REPLY_TIMEOUT_MS,
       );
+      return replies.map((reply, index) => ({ ...reply, instance: instanceOf(index) }));
     },
     async expect(base, rows) {
       await all<Progress>(() => ({ t: 'expect', base, count: rows }), REPLY_TIMEOUT_MS);

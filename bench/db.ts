@@ -30,8 +30,23 @@ export interface BenchDb {
   /** The id the next insert gets (the bench is the only writer). */
   nextId(): Promise<number>;
   globalStatus(): Promise<Status>;
+  /** What the claims left in the table: every row claimed once, under consecutive seqs? */
+  claimState(): Promise<ClaimState>;
   /** Drops the database and closes the connection; safe to call more than once. */
   drop(): Promise<void>;
+}
+
+export interface ClaimState {
+  readonly rows: number;
+  /** Rows still at flag = 0. */
+  readonly unclaimed: number;
+  /** Rows with a seq, and how many distinct seqs they hold (the UNIQUE index makes them equal). */
+  readonly with_seq: number;
+  readonly distinct_seqs: number;
+  /** Seqs missing between the lowest and the highest one handed out. */
+  readonly seq_gaps: number;
+  /** rowcast_state.next_seq for msg, which must be the highest seq + 1. */
+  readonly next_seq: number | null;
 }
 
 /** A connection to DB_SERVER (no database selected). */
@@ -87,6 +102,24 @@ export async function openBenchDb(name: string): Promise<BenchDb> {
       const status = Object.fromEntries(STATUS_COUNTERS.map((key) => [key, 0])) as Status;
       for (const row of rows) status[row.Variable_name as StatusCounter] = Number(row.Value);
       return status;
+    },
+    async claimState() {
+      const [row] = await query<Record<string, unknown>[]>(
+        `SELECT COUNT(*) AS n, COALESCE(SUM(flag = 0), 0) AS unclaimed, COUNT(seq) AS with_seq,
+           COUNT(DISTINCT seq) AS distinct_seqs, COALESCE(MAX(seq) - MIN(seq) + 1, 0) AS span,
+           (SELECT next_seq FROM ${quoted}.rowcast_state WHERE tbl = 'msg') AS next_seq
+         FROM ${quoted}.msg`,
+      );
+      const distinct = Number(row?.distinct_seqs);
+      return {
+        rows: Number(row?.n),
+        unclaimed: Number(row?.unclaimed),
+        with_seq: Number(row?.with_seq),
+        distinct_seqs: distinct,
+        seq_gaps: Number(row?.span) - distinct,
+        next_seq:
+          row?.next_seq === null || row?.next_seq === undefined ? null : Number(row.next_seq),
+      };
     },
     drop() {
       dropped ??= (async () => {

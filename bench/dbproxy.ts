@@ -1,14 +1,42 @@
 import net from 'node:net';
 
-/** Statements the server sent through the proxy, by kind, and bytes the database answered. */
+/**
+ * Statements the server sent through the proxy, by what they do in rowcast v2's tick (see
+ * src/source/sql.ts), and bytes the database answered.
+ */
 export interface StatementCounts {
-  select: number;
-  update: number;
+  /** Pending checks (`SELECT (SELECT next_seq FROM rowcast_state …) AS next_seq, …`): one per tick. */
+  head: number;
+  /** Claim transactions (their `START TRANSACTION`). */
+  claims: number;
+  /**
+   * Claims that took rows (their `UPDATE … SET flag = 1, seq = …`). The others found every pending
+   * row claimed already, by another instance that got the counter lock first.
+   */
+  claimUpdates: number;
+  /**
+   * Every statement of the claim transactions: SET TRANSACTION, START TRANSACTION, the counter
+   * lock (`SELECT next_seq … FOR UPDATE`), the pick, `UPDATE msg SET flag = 1, seq = …`,
+   * `UPDATE rowcast_state`, COMMIT / ROLLBACK.
+   */
+  claimStatements: number;
+  /** Tails: `SELECT b.id, b.seq, …` in ascending seq order. */
+  tail: number;
+  /** Replays for resuming streams: the newest rows (descending order) and row positions. */
+  replay: number;
   insert: number;
+  /** Anything else (the schema check at start, …). */
   other: number;
+  /** Every statement. */
+  total: number;
   /** Bytes from the database to rowcast (result sets). */
   bytesIn: number;
 }
+
+export type StatementKind = Exclude<
+  keyof StatementCounts,
+  'claims' | 'claimUpdates' | 'total' | 'bytesIn'
+>;
 
 export interface DbProxy {
   readonly port: number;
@@ -18,25 +46,57 @@ export interface DbProxy {
 }
 
 const COM_QUERY = 0x03;
+// SQL bytes kept of each command: enough for every pattern below (a tail's `ORDER BY p.seq DESC`
+// sits within its first ~260 bytes); a claim's long `CASE id WHEN …` is never kept whole.
+const SQL_PREFIX_BYTES = 512;
+
+/** What a statement of rowcast's is, from its first bytes (the SQL of src/source/sql.ts). */
+export function classify(sql: string): StatementKind {
+  const text = sql.trimStart();
+  if (/^SELECT \(SELECT next_seq FROM /i.test(text)) return 'head';
+  if (/^(SET TRANSACTION|START TRANSACTION|BEGIN|COMMIT|ROLLBACK)\b/i.test(text)) {
+    return 'claimStatements';
+  }
+  if (/^SELECT next_seq FROM \S+ WHERE .* FOR UPDATE/is.test(text)) return 'claimStatements';
+  if (/^SELECT p\.id, p\.upto FROM/i.test(text)) return 'claimStatements';
+  if (/^UPDATE\b/i.test(text)) return 'claimStatements';
+  if (/^SELECT b\.id, b\.seq\b/i.test(text)) {
+    return /ORDER BY p\.seq DESC/i.test(text) ? 'replay' : 'tail';
+  }
+  if (/^SELECT \d+ AS id, p\.seq\b/i.test(text)) return 'replay';
+  if (/^INSERT INTO\b/i.test(text)) return 'insert';
+  return 'other';
+}
 
 /**
  * A TCP proxy between rowcast and MariaDB that counts the statements rowcast sends. SHOW GLOBAL
  * STATUS counts every client of the database (other people's tests included); this counts only
  * ours, exactly. It reads the MySQL wire format just far enough: a packet is a 3-byte length and a
  * sequence number; a command starts a new sequence (number 0) and COM_QUERY carries the SQL text.
+ * One proxy per rowcast instance, so each instance's statements are counted apart.
  */
 export async function startDbProxy(target: { host: string; port: number }): Promise<DbProxy> {
-  const counts: StatementCounts = { select: 0, update: 0, insert: 0, other: 0, bytesIn: 0 };
+  const counts: StatementCounts = {
+    head: 0,
+    claims: 0,
+    claimUpdates: 0,
+    claimStatements: 0,
+    tail: 0,
+    replay: 0,
+    insert: 0,
+    other: 0,
+    total: 0,
+    bytesIn: 0,
+  };
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
     const upstream = net.connect(target);
     sockets.add(client).add(upstream);
     const parse = createPacketReader((sql) => {
-      const verb = /^\s*(\w+)/.exec(sql)?.[1]?.toUpperCase();
-      if (verb === 'SELECT') counts.select++;
-      else if (verb === 'UPDATE') counts.update++;
-      else if (verb === 'INSERT') counts.insert++;
-      else counts.other++;
+      counts.total++;
+      counts[classify(sql)]++;
+      if (/^\s*START TRANSACTION\b/i.test(sql)) counts.claims++;
+      else if (/^\s*UPDATE \S+ SET flag = 1\b/i.test(sql)) counts.claimUpdates++;
     });
     client.on('data', (chunk: Buffer) => {
       parse(chunk);
@@ -73,13 +133,13 @@ export async function startDbProxy(target: { host: string; port: number }): Prom
 
 /**
  * Feeds client→server bytes; calls `onQuery` with the first bytes of each COM_QUERY's SQL. Only
- * the packet headers and the first 16 payload bytes of a command are kept.
+ * the packet headers and the first SQL_PREFIX_BYTES payload bytes of a command are kept.
  */
 function createPacketReader(onQuery: (sqlStart: string) => void): (chunk: Buffer) => void {
   let header = Buffer.alloc(0);
   let remaining = 0; // payload bytes of the current packet still to come
   let prefix: Buffer | null = null; // first payload bytes of a command packet
-  const PREFIX = 16;
+  const PREFIX = SQL_PREFIX_BYTES + 1; // the command byte, then the SQL
   let prefixNeeded = 0;
 
   return (chunk) => {

@@ -48,7 +48,12 @@ export interface Collected {
   /** Expected rows never received, summed over the streams open when the phase started. */
   readonly lost: number;
   readonly duplicated: number;
+  /** Rows that came with a lower seq than the previous row on their stream. */
   readonly outOfOrder: number;
+  /** Rows without a seq, or with another seq than the same row had on another stream here. */
+  readonly seqMismatch: number;
+  /** Per expected row (offset from the phase's base), the seq it came with; 0 if never seen. */
+  readonly seqs: Float64Array;
   /** Rows outside the expected range. */
   readonly unexpected: number;
   /** Streams that closed during the phase. */

@@ -22,13 +22,16 @@ const AUTO_STREAMS_PER_WORKER = 18_000;
 const STREAMS_PER_CLIENT = 12_000;
 
 const USAGE = `usage: npm run bench -- [--scenarios 1k,5k,15k,35k,45k,throughput] [--workers N]
-                          [--clients N] [--quick] [--timeout-s S]
+                          [--instances N] [--clients N] [--quick] [--timeout-s S]
   --scenarios   comma-separated, from: Nk (N thousand streams, 20 rows 200 ms apart),
                 throughput (1,000 single-row INSERTs as fast as possible, 5,000 streams),
                 throughput-multi (the same 1,000 rows in 10 INSERTs of 100 rows);
                 default: 1k,5k,15k,35k,45k,throughput
-  --workers     WORKERS for the server (default: $WORKERS, else the fewest for the streams)
-  --clients     client processes (default 4, more when one would hold over ${STREAMS_PER_CLIENT})
+  --workers     WORKERS for each server (default: $WORKERS, else the fewest for its streams)
+  --instances   rowcast servers on the same database and table, the streams split evenly
+                over them (default 1)
+  --clients     client processes (default 4, more when one would hold over ${STREAMS_PER_CLIENT},
+                rounded up to a multiple of --instances)
   --quick       a short smoke run: 1k only, shorter settle
   --timeout-s   the watchdog: everything is killed after this (default 600, --quick 180)`;
 
@@ -36,6 +39,7 @@ const { values } = parseArgs({
   options: {
     scenarios: { type: 'string' },
     workers: { type: 'string' },
+    instances: { type: 'string' },
     clients: { type: 'string' },
     quick: { type: 'boolean', default: false },
     'timeout-s': { type: 'string' },
@@ -51,7 +55,12 @@ const scenarios = (values.scenarios?.split(',') ?? (values.quick ? QUICK_SUITE :
   (name) => parseScenario(name.trim()),
 );
 const workersFlag = positiveInt('--workers', values.workers ?? process.env.WORKERS);
+const instances = positiveInt('--instances', values.instances) ?? 1;
 const clientsFlag = positiveInt('--clients', values.clients);
+if (clientsFlag !== undefined && clientsFlag < instances) {
+  process.stderr.write(`bench: --clients ${clientsFlag}: needs at least one per instance\n`);
+  process.exit(1);
+}
 const timeoutS = positiveInt('--timeout-s', values['timeout-s']) ?? (values.quick ? 180 : 600);
 const settleMs = values.quick ? 1_500 : 3_000;
 
@@ -63,7 +72,7 @@ const dbName = `rowcast_bench_${process.pid}`;
 const progress = (line: string) => process.stderr.write(`bench: ${line}\n`);
 
 // What is running now, for the watchdog and the signal handlers.
-let liveServer: BenchServer | undefined;
+let liveServers: readonly BenchServer[] = [];
 let liveClients: ClientPool | undefined;
 let aborting = false;
 
@@ -72,7 +81,7 @@ function abort(why: string, code: number): void {
   aborting = true;
   progress(`${why}: killing everything the bench started`);
   liveClients?.kill();
-  liveServer?.kill();
+  for (const server of liveServers) server.kill();
   const exit = () => process.exit(code);
   setTimeout(exit, 10_000).unref();
   dropDatabase(dbName).then(exit, (err: Error) => {
@@ -87,17 +96,22 @@ process.on('SIGINT', () => abort('SIGINT', 130));
 process.on('SIGTERM', () => abort('SIGTERM', 143));
 
 const records: Record<string, unknown>[] = [];
-const proxy = await startDbProxy({
-  host: DB_SERVER.hostname,
-  port: Number(DB_SERVER.port || 3306),
-});
+// One counting proxy per instance, so each instance's statements are counted apart.
+const proxies = await Promise.all(
+  Array.from({ length: instances }, () =>
+    startDbProxy({ host: DB_SERVER.hostname, port: Number(DB_SERVER.port || 3306) }),
+  ),
+);
 const db = await openBenchDb(dbName);
 let nextAddress = 0;
 try {
   for (const scenario of scenarios) {
     if (aborting) break;
+    // Each client process targets one instance: as many per instance, when the flag allows.
     const clientProcesses =
-      clientsFlag ?? Math.max(4, Math.ceil(scenario.streams / STREAMS_PER_CLIENT));
+      clientsFlag ??
+      Math.ceil(Math.max(4, Math.ceil(scenario.streams / STREAMS_PER_CLIENT)) / instances) *
+        instances;
     // A fresh source address per client and scenario: sockets of the last scenario may still sit
     // in TIME_WAIT on the old ones.
     const addresses = Array.from({ length: clientProcesses }, () => {
@@ -105,13 +119,15 @@ try {
       nextAddress++;
       return address;
     });
+    // Per instance, for the streams it holds.
     const workers =
-      workersFlag ?? Math.max(1, Math.ceil(scenario.streams / AUTO_STREAMS_PER_WORKER));
+      workersFlag ??
+      Math.max(1, Math.ceil(Math.ceil(scenario.streams / instances) / AUTO_STREAMS_PER_WORKER));
     let record: Record<string, unknown>;
     try {
       record = await runScenario(scenario, {
         db,
-        proxy,
+        proxies,
         workers,
         clientProcesses,
         addresses,
@@ -120,7 +136,7 @@ try {
         settleMs,
         log: serverLog,
         track: (started) => {
-          liveServer = started.server;
+          liveServers = started.servers;
           liveClients = started.clients;
         },
         progress,
@@ -128,9 +144,9 @@ try {
     } catch (err) {
       if (aborting) break;
       progress(`${scenario.name} failed: ${(err as Error).stack}`);
-      record = { scenario: scenario.name, workers, error: (err as Error).message };
+      record = { scenario: scenario.name, instances, workers, error: (err as Error).message };
     }
-    liveServer = undefined;
+    liveServers = [];
     liveClients = undefined;
     records.push(record);
     const line = JSON.stringify(record);
@@ -139,7 +155,7 @@ try {
   }
 } finally {
   await db.drop().catch((err: Error) => progress(`could not drop ${dbName}: ${err.message}`));
-  await proxy.close();
+  await Promise.all(proxies.map((proxy) => proxy.close()));
   serverLog.end();
 }
 process.stdout.write(`\n${summaryTable(records)}\n`);
@@ -175,14 +191,27 @@ function positiveInt(flag: string, raw: string | undefined): number | undefined 
 }
 
 function summaryTable(rows: readonly Record<string, unknown>[]): string {
-  const get = (record: Record<string, unknown>, path: string): string => {
+  const value = (record: Record<string, unknown>, path: string): unknown => {
     let value: unknown = record;
     for (const key of path.split('.'))
       value = (value as Record<string, unknown> | undefined)?.[key];
-    return value === undefined || value === null ? '-' : String(value);
+    return value;
   };
-  const columns: [string, string][] = [
+  const get = (record: Record<string, unknown>, path: string): string => {
+    const found = value(record, path);
+    return found === undefined || found === null ? '-' : String(found);
+  };
+  // Statements per idle tick (N streams) of each instance, `1` each when idle ticks are as cheap
+  // as they should be (docs/delivery.md 7).
+  const idleStatements = (record: Record<string, unknown>): string => {
+    const perInstance = value(record, 'db_per_tick.idle_n_streams.per_instance') as
+      | { rowcast: { statements: number | null } }[]
+      | undefined;
+    return perInstance?.map((i) => i.rowcast.statements ?? '-').join('/') ?? '-';
+  };
+  const columns: [string, string | ((record: Record<string, unknown>) => string)][] = [
     ['scenario', 'scenario'],
+    ['inst', 'instances'],
     ['workers', 'workers'],
     ['streams', 'streams_requested'],
     ['held', 'streams_established'],
@@ -199,15 +228,24 @@ function summaryTable(rows: readonly Record<string, unknown>[]): string {
     ['ooo', 'deliveries.out_of_order'],
     ['srv CPU s', 'server_cpu_s.total'],
     ['cli CPU s', 'client.cpu_s_rows'],
+    ['stmt/idle tick', idleStatements],
   ];
   const body = rows.map((record) =>
     record.error === undefined
-      ? columns.map(([, path]) => get(record, path))
-      : [get(record, 'scenario'), get(record, 'workers'), `error: ${String(record.error)}`],
+      ? columns.map(([, path]) => (typeof path === 'string' ? get(record, path) : path(record)))
+      : [
+          get(record, 'scenario'),
+          get(record, 'instances'),
+          get(record, 'workers'),
+          `error: ${String(record.error)}`,
+        ],
   );
   const cores = availableParallelism();
-  return `${table(
-    columns.map(([title]) => title),
-    body,
-  )}\n(${cores} cores shared by server, clients and MariaDB; latency = insert → receipt)`;
+  return (
+    `${table(
+      columns.map(([title]) => title),
+      body,
+    )}\n(${cores} cores shared by servers, clients and MariaDB; latency = insert → receipt; ` +
+    'srv CPU and KB/stream summed over instances; stmt/idle tick per instance)'
+  );
 }

@@ -21,7 +21,9 @@ export interface Scenario {
 
 export interface ScenarioEnv {
   readonly db: BenchDb;
-  readonly proxy: DbProxy;
+  /** One counting proxy per rowcast instance: as many instances run as there are proxies. */
+  readonly proxies: readonly DbProxy[];
+  /** WORKERS of each instance. */
   readonly workers: number;
   readonly clientProcesses: number;
   /** Source addresses, one per client process. */
@@ -32,7 +34,7 @@ export interface ScenarioEnv {
   readonly settleMs: number;
   readonly log: NodeJS.WritableStream;
   /** Called with what was started, so the watchdog can kill it. */
-  readonly track: (started: { server?: BenchServer; clients?: ClientPool }) => void;
+  readonly track: (started: { servers: readonly BenchServer[]; clients?: ClientPool }) => void;
   readonly progress: (line: string) => void;
 }
 
@@ -42,35 +44,47 @@ const CONNECT_CONCURRENCY = 400;
 const CONNECT_TIMEOUT_MS = 15_000;
 const PAGE_KB = 4;
 
-/** Runs one scenario from a fresh database and server to their stop; returns its JSON record. */
+/** Runs one scenario from a fresh database and servers to their stop; returns its JSON record. */
 export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
   const began = Date.now();
-  const { db, proxy } = env;
+  const { db, proxies } = env;
+  const instances = proxies.length;
   const say = (what: string) => env.progress(`[${scenario.name}] ${what}`);
   await db.recreate();
-  say(`starting the server (WORKERS=${env.workers})`);
-  const serverOptions: ServerOptions = {
-    databaseUrl: db.urlVia('127.0.0.1', proxy.port),
-    workers: env.workers,
-    pollIntervalMs: env.pollIntervalMs,
-    maxStreams: env.maxStreams,
-    log: env.log,
-  };
-  const server = await startServer(serverOptions);
-  env.track({ server });
+  const servers: BenchServer[] = [];
   let clients: ClientPool | undefined;
   try {
-    const cpuReady = sample(server).cpuS;
+    // One after another: the first creates the table and the state table, the others find them.
+    for (const [index, proxy] of proxies.entries()) {
+      say(
+        instances === 1
+          ? `starting the server (WORKERS=${env.workers})`
+          : `starting instance ${index + 1}/${instances} (WORKERS=${env.workers})`,
+      );
+      const serverOptions: ServerOptions = {
+        databaseUrl: db.urlVia('127.0.0.1', proxy.port),
+        workers: env.workers,
+        pollIntervalMs: env.pollIntervalMs,
+        maxStreams: env.maxStreams,
+        log: env.log,
+      };
+      servers.push(await startServer(serverOptions));
+      env.track({ servers });
+    }
+    const cpuReady = sample(servers).map((s) => s.cpuS);
     const idleEmpty = await dbWindow(env, env.settleMs);
-    const memEmpty = sample(server);
+    const memEmpty = sample(servers);
     const tcpEmpty = tcpMemPages();
 
     clients = startClients(env.clientProcesses);
-    env.track({ server, clients });
-    say(`opening ${scenario.streams} streams from ${env.clientProcesses} processes`);
+    env.track({ servers, clients });
+    say(
+      `opening ${scenario.streams} streams from ${env.clientProcesses} processes` +
+        (instances === 1 ? '' : ` to ${instances} instances`),
+    );
     const connectStarted = monotonicMs();
     const connected = await clients.connect({
-      port: server.port,
+      ports: servers.map((server) => server.port),
       streams: scenario.streams,
       addresses: env.addresses,
       concurrency: CONNECT_CONCURRENCY,
@@ -79,20 +93,25 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
       deadlineMs: 20_000 + 2 * scenario.streams,
     });
     const establishS = (monotonicMs() - connectStarted) / 1000;
-    const established = connected.reduce((sum, reply) => sum + reply.established, 0);
+    const establishedBy = servers.map((_, index) =>
+      connected
+        .filter((reply) => reply.instance === index)
+        .reduce((sum, reply) => sum + reply.established, 0),
+    );
+    const established = establishedBy.reduce((sum, n) => sum + n, 0);
     const failures: Record<string, number> = {};
     for (const reply of connected) {
       for (const [reason, n] of Object.entries(reply.failures)) {
         failures[reason] = (failures[reason] ?? 0) + n;
       }
     }
-    const cpuConnected = sample(server).cpuS;
+    const cpuConnected = sample(servers).map((s) => s.cpuS);
     say(`${established} established in ${round(establishS)} s; settling`);
 
     const idleFull = await dbWindow(env, env.settleMs);
-    const memFull = sample(server);
+    const memFull = sample(servers);
     const tcpFull = tcpMemPages();
-    const cpuIdle = memFull.cpuS;
+    const cpuIdle = memFull.map((s) => s.cpuS);
 
     // One row first: every stream shows it is live before the measured rows go out.
     const warmup = await phase(
@@ -103,7 +122,7 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
     );
     say(`warm-up row: ${warmup.received}/${warmup.expected} deliveries; measuring`);
 
-    const cpuBefore = sample(server).cpuS;
+    const cpuBefore = sample(servers).map((s) => s.cpuS);
     const measured = await phase(
       env,
       clients,
@@ -111,49 +130,88 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
       // Rows queue up when the server falls behind; allow ~200k deliveries/s beyond 15 s.
       15_000 + (scenario.rows * established) / 200,
     );
-    const memAfter = sample(server);
+    const memAfter = sample(servers);
     say(
       `${measured.received}/${measured.expected} deliveries, p99 ${measured.latency.p99} ms, ` +
         `${Math.round(measured.perS)}/s`,
     );
+    const claims = await db.claimState();
 
     await clients.close();
     clients = undefined;
-    const stopped = await server.stop();
-    const perStream = (kb: number) => (established === 0 ? null : round(kb / established));
+    const stopped = await Promise.all(servers.map((server) => server.stop()));
+    const perStream = (kb: number, streams = established) =>
+      streams === 0 ? null : round(kb / streams);
+    const total = (samples: readonly ProcessSample[], pick: (s: ProcessSample) => number) =>
+      samples.reduce((sum, s) => sum + pick(s), 0);
+    const rss = (s: ProcessSample) => s.rssKb;
+    const priv = (s: ProcessSample) => s.privateKb;
+    const cpuOf = (i: number) => ({
+      start: round(cpuReady[i] as number),
+      establish: round((cpuConnected[i] as number) - (cpuReady[i] as number)),
+      idle: round((cpuIdle[i] as number) - (cpuConnected[i] as number)),
+      rows: round((memAfter[i] as ProcessSample).cpuS - (cpuBefore[i] as number)),
+      total: round((memAfter[i] as ProcessSample).cpuS),
+    });
+    const sumOf = (values: readonly number[]) => values.reduce((sum, v) => sum + v, 0);
     return {
       scenario: scenario.name,
       kind: scenario.kind,
+      instances,
       workers: env.workers,
-      server_processes: memFull.pids.length,
+      server_processes: total(memFull, (s) => s.pids.length),
       client_processes: env.clientProcesses,
       poll_interval_ms: env.pollIntervalMs,
       streams_requested: scenario.streams,
       streams_established: established,
+      streams_per_instance: establishedBy,
       connect_failures: failures,
       establish_s: round(establishS),
       establish_per_s: establishS > 0 ? Math.round(established / establishS) : null,
+      // Summed over every instance and its workers; per_instance has each one.
       memory: {
-        empty_rss_kb: memEmpty.rssKb,
-        empty_private_kb: memEmpty.privateKb,
-        idle_rss_kb: memFull.rssKb,
-        idle_private_kb: memFull.privateKb,
-        after_rows_rss_kb: memAfter.rssKb,
-        after_rows_private_kb: memAfter.privateKb,
-        per_idle_stream_rss_kb: perStream(memFull.rssKb - memEmpty.rssKb),
-        per_idle_stream_private_kb: perStream(memFull.privateKb - memEmpty.privateKb),
-        total_per_stream_rss_kb: perStream(memFull.rssKb),
-        total_per_stream_private_kb: perStream(memFull.privateKb),
+        empty_rss_kb: total(memEmpty, rss),
+        empty_private_kb: total(memEmpty, priv),
+        idle_rss_kb: total(memFull, rss),
+        idle_private_kb: total(memFull, priv),
+        after_rows_rss_kb: total(memAfter, rss),
+        after_rows_private_kb: total(memAfter, priv),
+        per_idle_stream_rss_kb: perStream(total(memFull, rss) - total(memEmpty, rss)),
+        per_idle_stream_private_kb: perStream(total(memFull, priv) - total(memEmpty, priv)),
+        total_per_stream_rss_kb: perStream(total(memFull, rss)),
+        total_per_stream_private_kb: perStream(total(memFull, priv)),
         // Socket buffers live in the kernel, outside any process; machine-wide, clients included.
         kernel_tcp_kb_delta: (tcpFull - tcpEmpty) * PAGE_KB,
-        // With N idle streams; the first is the process started (the cluster primary).
-        processes: memFull.processes.map((p) => ({
-          pid: p.pid,
-          rss_kb: p.rssKb,
-          private_kb: p.privateKb,
-          open_fds: p.fds,
-          cpu_s: round(p.cpuS),
-        })),
+        per_instance: servers.map((server, i) => {
+          const empty = memEmpty[i] as ProcessSample;
+          const full = memFull[i] as ProcessSample;
+          const after = memAfter[i] as ProcessSample;
+          const streams = establishedBy[i] as number;
+          return {
+            instance: i,
+            port: server.port,
+            streams: streams,
+            empty_rss_kb: empty.rssKb,
+            empty_private_kb: empty.privateKb,
+            idle_rss_kb: full.rssKb,
+            idle_private_kb: full.privateKb,
+            after_rows_rss_kb: after.rssKb,
+            after_rows_private_kb: after.privateKb,
+            per_idle_stream_rss_kb: perStream(full.rssKb - empty.rssKb, streams),
+            per_idle_stream_private_kb: perStream(full.privateKb - empty.privateKb, streams),
+          };
+        }),
+        // With N idle streams; each instance's first is the process started (the cluster primary).
+        processes: memFull.flatMap((s, instance) =>
+          s.processes.map((p) => ({
+            instance,
+            pid: p.pid,
+            rss_kb: p.rssKb,
+            private_kb: p.privateKb,
+            open_fds: p.fds,
+            cpu_s: round(p.cpuS),
+          })),
+        ),
       },
       rows: scenario.rows,
       row_interval_ms: scenario.rowIntervalMs,
@@ -171,16 +229,20 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
         lost: measured.lost,
         duplicated: measured.duplicated,
         out_of_order: measured.outOfOrder,
+        seq_mismatch: measured.seqMismatch,
         unexpected: measured.unexpected,
         streams_closed: measured.closed,
         warmup_lost: warmup.lost,
       },
+      // After the rows: each row claimed once (docs/delivery.md 1), by whichever instance.
+      table: claims,
       server_cpu_s: {
-        start: round(cpuReady),
-        establish: round(cpuConnected - cpuReady),
-        idle: round(cpuIdle - cpuConnected),
-        rows: round(memAfter.cpuS - cpuBefore),
-        total: round(memAfter.cpuS),
+        start: round(sumOf(cpuReady)),
+        establish: round(sumOf(cpuConnected) - sumOf(cpuReady)),
+        idle: round(sumOf(cpuIdle) - sumOf(cpuConnected)),
+        rows: round(total(memAfter, (s) => s.cpuS) - sumOf(cpuBefore)),
+        total: round(total(memAfter, (s) => s.cpuS)),
+        per_instance: servers.map((_, i) => cpuOf(i)),
       },
       client: {
         cpu_s_rows: round(measured.clientCpuS),
@@ -192,18 +254,24 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
         idle_n_streams: idleFull,
         rows: measured.db,
       },
-      server_stop: stopped,
+      server_stop: {
+        graceful: stopped.every((stop) => stop.graceful),
+        exit_codes: stopped.map((stop) => stop.exitCode),
+      },
       duration_s: round((Date.now() - began) / 1000, 1),
     };
   } finally {
     clients?.kill();
-    server.kill();
+    for (const server of servers) server.kill();
   }
 }
 
-function sample(server: BenchServer): ProcessSample {
-  server.refreshTree();
-  return sampleTree(server.pid);
+/** Each instance's process tree, summed per instance. */
+function sample(servers: readonly BenchServer[]): ProcessSample[] {
+  return servers.map((server) => {
+    server.refreshTree();
+    return sampleTree(server.pid);
+  });
 }
 
 /**
@@ -240,7 +308,7 @@ async function phase(
     if (progress.received >= progress.open * rows) break;
     await sleep(50);
   }
-  // Ticks that find nothing still run after the last delivery: let one pass so the last mark counts.
+  // Let the last tails' ticks end on every instance, so the window holds whole ticks.
   await sleep(env.pollIntervalMs * 2);
   const after = await countersNow(env);
   const results = await clients.collect();
@@ -248,6 +316,17 @@ async function phase(
     results.reduce((total, r) => total + pick(r), 0);
   const received = sum((r) => r.received);
   const lastReceipt = Math.max(...results.map((r) => r.lastReceipt));
+  // Each client checked its own streams; across clients (and instances) a row's seq must agree too.
+  let crossMismatch = 0;
+  for (let offset = 0; offset < rows; offset++) {
+    let first = 0;
+    for (const r of results) {
+      const seq = r.seqs[offset] ?? 0;
+      if (seq === 0) continue;
+      if (first === 0) first = seq;
+      else if (seq !== first) crossMismatch++;
+    }
+  }
   const spanS = received === 0 ? 0 : (lastReceipt - started) / 1000;
   return {
     expected: received + sum((r) => r.lost),
@@ -256,6 +335,7 @@ async function phase(
     lost: sum((r) => r.lost),
     duplicated: sum((r) => r.duplicated),
     outOfOrder: sum((r) => r.outOfOrder),
+    seqMismatch: sum((r) => r.seqMismatch) + crossMismatch,
     unexpected: sum((r) => r.unexpected),
     closed: sum((r) => r.closed),
     latency: summarize(results.map((r) => r.latencies)),
@@ -272,12 +352,13 @@ async function phase(
 interface Counters {
   readonly at: number;
   readonly status: Status;
-  readonly statements: StatementCounts;
+  /** One per instance (its own proxy). */
+  readonly statements: readonly StatementCounts[];
 }
 
 async function countersNow(env: ScenarioEnv): Promise<Counters> {
   const status = await env.db.globalStatus();
-  return { at: monotonicMs(), status, statements: env.proxy.counts() };
+  return { at: monotonicMs(), status, statements: env.proxies.map((proxy) => proxy.counts()) };
 }
 
 /** Database work while nothing is inserted, over `ms`. */
@@ -288,23 +369,68 @@ async function dbWindow(env: ScenarioEnv, ms: number) {
 }
 
 /**
- * Database work per tick between two readings. A tick is one SELECT through the proxy (exact,
- * rowcast's own); the global counters count every client of the database server, ours included.
+ * rowcast's statements per tick of one instance, or of all (`before`/`after` summed): a tick is
+ * one pending check through the proxy (exact, rowcast's own). An idle tick is that 1 statement
+ * (docs/delivery.md 7). A tick that sees pending rows adds a claim transaction (7 statements; one
+ * that finds the rows taken by another instance, 5), and one whose counter is past its cursor a
+ * tail (every instance tails every row).
  */
-function perTick(before: Counters, after: Counters) {
-  const ticks = after.statements.select - before.statements.select;
+function statementsPerTick(before: StatementCounts, after: StatementCounts) {
+  const ticks = after.head - before.head;
   const per = (delta: number) => (ticks === 0 ? null : round(delta / ticks, 3));
-  const statement = (key: keyof StatementCounts) =>
-    per(after.statements[key] - before.statements[key]);
+  const delta = (key: keyof StatementCounts) => after[key] - before[key];
   return {
-    window_ms: Math.round(after.at - before.at),
     ticks,
     rowcast: {
-      select: statement('select'),
-      update: statement('update'),
-      other: statement('other'),
-      bytes_from_db: statement('bytesIn'),
+      statements: per(delta('total')),
+      pending_check: per(delta('head')),
+      claim_transactions: per(delta('claims')),
+      // Claims that found nothing left to take: another instance had claimed the rows first.
+      empty_claims: per(delta('claims') - delta('claimUpdates')),
+      claim_statements: per(delta('claimStatements')),
+      tail: per(delta('tail')),
+      replay: per(delta('replay')),
+      insert: per(delta('insert')),
+      other: per(delta('other')),
+      bytes_from_db: per(delta('bytesIn')),
     },
+  };
+}
+
+function sumCounts(all: readonly StatementCounts[]): StatementCounts {
+  const total: StatementCounts = {
+    head: 0,
+    claims: 0,
+    claimUpdates: 0,
+    claimStatements: 0,
+    tail: 0,
+    replay: 0,
+    insert: 0,
+    other: 0,
+    total: 0,
+    bytesIn: 0,
+  };
+  for (const counts of all) {
+    for (const key of Object.keys(total) as (keyof StatementCounts)[]) total[key] += counts[key];
+  }
+  return total;
+}
+
+/**
+ * Database work per tick between two readings: rowcast's statements per tick over all instances
+ * and per instance; the global counters (every client of the database server, ours included)
+ * per tick of all instances together.
+ */
+function perTick(before: Counters, after: Counters) {
+  const all = statementsPerTick(sumCounts(before.statements), sumCounts(after.statements));
+  const per = (delta: number) => (all.ticks === 0 ? null : round(delta / all.ticks, 3));
+  return {
+    window_ms: Math.round(after.at - before.at),
+    ticks: all.ticks,
+    rowcast: all.rowcast,
+    per_instance: after.statements.map((counts, i) =>
+      statementsPerTick(before.statements[i] as StatementCounts, counts),
+    ),
     global: Object.fromEntries(
       STATUS_COUNTERS.map((key) => [key, per(after.status[key] - before.status[key])]),
     ),

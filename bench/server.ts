@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import http from 'node:http';
 import net from 'node:net';
+import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { isAlive, processTree } from './procfs.js';
@@ -16,7 +17,10 @@ export interface ServerOptions {
   readonly workers: number;
   readonly pollIntervalMs: number;
   readonly maxStreams: number;
-  /** Receives the server's stdout and stderr (pino JSON at LOG_LEVEL=warn, or $BENCH_LOG_LEVEL). */
+  /**
+   * Receives the server's stdout and stderr (pino JSON at LOG_LEVEL=warn, or $BENCH_LOG_LEVEL),
+   * whole lines only: several servers may share it (each line carries its `pid`).
+   */
   readonly log: NodeJS.WritableStream;
 }
 
@@ -52,8 +56,12 @@ export async function startServer(options: ServerOptions): Promise<BenchServer> 
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  child.stdout?.pipe(options.log, { end: false });
-  child.stderr?.pipe(options.log, { end: false });
+  for (const output of [child.stdout, child.stderr]) {
+    if (output === null) continue;
+    createInterface({ input: output, crlfDelay: Number.POSITIVE_INFINITY }).on('line', (line) =>
+      options.log.write(`${line}\n`),
+    );
+  }
   const pid = child.pid ?? 0;
   const knownPids = new Set<number>([pid]);
   let exitCode: number | null = null;

@@ -1,46 +1,58 @@
 import type { Config } from './config.js';
-import { createServer } from './http.js';
+import { mergeFramed } from './fanout/batches.js';
+import { createResumer, type Framed, framedRows, type ReadReplays } from './fanout/resumer.js';
+import { createServer, type ServerDeps } from './http.js';
 import { createHub, type Hub } from './hub.js';
 import type { Logger } from './log.js';
 import { createMetrics, type Metrics } from './metrics.js';
-import type { Poller } from './poller.js';
-import { createPolling, healthReport, type Polling } from './polling.js';
+import { createTableLog, healthReport, type TableLog } from './source/log.js';
+import type { Tailer } from './source/tailer.js';
 import { createTransports } from './transports/index.js';
-import type { Transport } from './transports/transport.js';
 
 /** A running rowcast, one process or many: what main.ts drives and tests start on port 0. */
 export interface App {
   /**
-   * Waits for the database (retrying while it is unreachable), applies the schema, listens and
-   * starts polling. Resolves with the base URL. Rejects with SchemaError or DbAccessError when
-   * retrying cannot help.
+   * Waits for the database (retrying while it is unreachable), prepares the table, listens and
+   * starts tailing. Resolves with the base URL. Rejects with SchemaError, MigrationError or
+   * DbAccessError when retrying cannot help.
    */
   start(): Promise<URL>;
   /** Graceful stop; every call returns the same promise. */
   close(): Promise<void>;
-  readonly poller: Poller;
+  readonly tailer: Tailer;
 }
 
-/** The single-process server: the poller writes straight into this process's hub. */
+/** The single-process server: the tailer hands batches straight to this process's streams. */
 export interface SingleApp extends App {
   readonly hub: Hub;
-}
-
-/** A stream waiting for its replay. */
-interface Resuming {
-  readonly transport: Transport;
-  readonly done: (frame: Buffer | null) => void;
 }
 
 // Streams that do not take their closing frame within this time are destroyed at shutdown.
 export const SHUTDOWN_GRACE_MS = 3_000;
 
+/** A process that holds streams (the single process, or a cluster worker): hub, resumer, HTTP. */
+export interface StreamSide {
+  readonly hub: Hub;
+  readonly metrics: Metrics;
+  /**
+   * Writes batches that arrived together to every stream, one write per stream, and holds each
+   * for the streams whose replay is being read. Returns the number of streams written to.
+   */
+  deliver(batches: readonly Framed[]): number;
+  readonly http: ReturnType<typeof createServer>;
+}
+
 /**
- * The hub of a process that holds streams (the single process, or a cluster worker), with the
- * figures that count what it does.
+ * The fan-out half every stream-holding process shares: the hub, the resumer reading replays
+ * through `read`, and the HTTP server. `deps` says where health, publishes and /metrics come from.
  */
-export function createStreamHub(config: Config, logger: Logger): { hub: Hub; metrics: Metrics } {
-  const metrics = createMetrics();
+export function createStreamSide(
+  config: Config,
+  logger: Logger,
+  read: ReadReplays,
+  deps: Pick<ServerDeps, 'health' | 'publish' | 'scrape'> & { metrics?: Metrics },
+): StreamSide {
+  const metrics = deps.metrics ?? createMetrics();
   const hub = createHub({
     maxBufferedBytes: config.maxBufferedBytes,
     heartbeatMs: config.heartbeatMs,
@@ -48,69 +60,74 @@ export function createStreamHub(config: Config, logger: Logger): { hub: Hub; met
     metrics,
   });
   metrics.watchStreams(() => hub.sizes());
-  return { hub, metrics };
-}
-
-export function createApp(config: Config, logger: Logger): SingleApp {
-  const { hub, metrics } = createStreamHub(config, logger);
-  const transports = createTransports(config);
-  const polling = createPolling(
-    config,
-    logger,
-    (batch) => hub.broadcast((transport) => transport.frame(batch)),
-    metrics,
-  );
-  // Each replay is framed once per transport, whatever the number of streams resuming with it.
-  const replayer = polling.replayer<Resuming>(
-    (waiters, rows) => {
-      const frames = new Map<Transport, Buffer>();
-      for (const { transport, done } of waiters) {
-        const frame = frames.get(transport) ?? transport.frame(rows);
-        frames.set(transport, frame);
-        done(frame);
-      }
-    },
-    (waiters) => {
-      for (const { done } of waiters) done(null);
-    },
-  );
+  const resumer = createResumer({ read, logger, replayed: metrics.replayed });
   const http = createServer(config, {
     hub,
-    transports,
-    health: () => healthReport(config, polling.poller.health(), hub.size),
-    resume: (since, transport, done) => replayer.request(since, { transport, done }),
-    publish: (content) => polling.publish(content),
+    transports: createTransports(config),
+    health: deps.health,
+    resume: (since, transport, done) => resumer.request(since, { transport, done }),
+    publish: deps.publish,
     metrics,
-    scrape: () => metrics.text(),
+    scrape: deps.scrape,
     logger,
   });
   return {
-    ...lifecycle(config, logger, polling, {
+    hub,
+    metrics,
+    http,
+    deliver(batches) {
+      for (const batch of batches) resumer.hold(batch);
+      const merged = mergeFramed(batches);
+      return hub.broadcast((transport) => merged.frame(transport));
+    },
+  };
+}
+
+export function createApp(config: Config, logger: Logger): SingleApp {
+  const metrics = createMetrics();
+  // The tailer hands batches to the streams, which exist only once the table log does: bound late.
+  let side: StreamSide | null = null;
+  const table = createTableLog(
+    config,
+    logger,
+    (batch) => side?.deliver([framedRows(batch.rows, batch.lastSeq)]) ?? 0,
+    metrics,
+  );
+  side = createStreamSide(config, logger, table.readReplays, {
+    metrics,
+    health: () => healthReport(config, table.tailer.health(), side?.hub.size ?? 0),
+    publish: (content) => table.publish(content),
+    scrape: () => metrics.text(),
+  });
+  const { http, hub } = side;
+  return {
+    ...lifecycle(config, logger, table, {
       listen: () => http.listen(),
       close: () => http.close(SHUTDOWN_GRACE_MS),
     }),
     hub,
-    poller: polling.poller,
+    tailer: table.tailer,
   };
 }
 
 /**
  * start() and close() of either kind of server around its way of serving: wait for the
- * database, serve, then poll; on close, let the running tick deliver and mark, stop serving (every
- * stream gets its closing frame), then close the pool. close() returns the same promise each time.
+ * database, serve, then tail; on close, let the running tick hand its batch over, stop serving
+ * (every stream gets its closing frame), then close the pool. close() returns the same promise
+ * each time.
  */
 export function lifecycle(
   config: Config,
   logger: Logger,
-  polling: Polling,
+  table: TableLog,
   serving: { listen(): Promise<URL>; close(): Promise<void> },
 ): Pick<App, 'start' | 'close'> {
   let closed: Promise<void> | null = null;
   return {
     async start() {
-      await polling.waitForSchema();
+      await table.waitForSchema();
       const url = await serving.listen();
-      polling.poller.start();
+      table.tailer.start();
       const stream = new URL('stream', url).href;
       logger.info(
         {
@@ -126,9 +143,9 @@ export function lifecycle(
     },
     close() {
       closed ??= (async () => {
-        await polling.poller.stop();
+        await table.tailer.stop();
         await serving.close();
-        await polling.close();
+        await table.close();
         logger.info({ event: 'shutdown.done', mod: 'app' }, 'stopped');
       })();
       return closed;

@@ -32,3 +32,13 @@ export class DbAccessError extends RowcastError {
     super('ROWCAST_DB_ACCESS', message, { cause });
   }
 }
+
+/**
+ * The table needs DDL (create, the seq column, the state table) that the database user may not
+ * run; the message carries the exact statements for an operator to run.
+ */
+export class MigrationError extends RowcastError {
+  constructor(message: string, cause: unknown) {
+    super('ROWCAST_MIGRATION_REQUIRED', message, { cause });
+  }
+}

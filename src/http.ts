@@ -8,22 +8,19 @@ import type { Logger } from './log.js';
 import { METRICS_CONTENT_TYPE, type Metrics } from './metrics.js';
 import { createPublishHandler } from './publish.js';
 import { reply } from './reply.js';
+import { corsHeaders, header, responseHead, splitTarget, streamAsk } from './request.js';
+import type { HealthReport } from './source/log.js';
 import type { Transports } from './transports/index.js';
 import type { Transport } from './transports/transport.js';
-
-export interface HealthReport {
-  readonly healthy: boolean;
-  readonly body: Readonly<Record<string, unknown>>;
-}
 
 export interface ServerDeps {
   readonly hub: Hub;
   readonly transports: Transports;
   readonly health: () => HealthReport;
   /**
-   * Frames for `transport` the delivered rows after `since` and calls `done` with them between
-   * two ticks, so that `done` joins the stream to the hub before the next tick writes; `null` when
-   * they could not be read.
+   * Frames for `transport` the rows after row id `since` in the delivery order (and the live
+   * batches since) and calls `done` with them, which joins the stream to the hub at once; `null`
+   * when they could not be read.
    */
   readonly resume: (
     since: string,
@@ -52,17 +49,8 @@ export interface HttpServer {
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 
-/** What a stream request asks for beyond its route. */
-interface StreamAsk {
-  /** Resume after this row id (digits, no leading zeros), or null for live rows only. */
-  readonly since: string | null;
-  /** The CORS headers its Origin earns. */
-  readonly cors: Readonly<Record<string, string>>;
-}
-
 // Seconds a client should wait before it retries a refused stream.
 const RETRY_AFTER_S = '5';
-const MAX_ROW_ID = 2n ** 64n - 1n;
 const DEMO_PAGE = new URL('../../public/index.html', import.meta.url);
 
 export function createServer(config: Config, deps: ServerDeps): HttpServer {
@@ -103,6 +91,7 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
   const routes: Record<string, Record<string, Handler>> = {
     '/': { GET: demo, HEAD: demo },
     '/healthz': { GET: healthz, HEAD: healthz },
+    '/readyz': { GET: readyz, HEAD: readyz },
     // Browsers ask for it on every page; an empty answer keeps their consoles free of 404s.
     '/favicon.ico': { GET: noContent, HEAD: noContent },
     '/metrics': { GET: metrics, HEAD: metrics },
@@ -144,40 +133,18 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     return !closing && hub.size + resuming.size < config.maxStreams;
   }
 
-  /** The since and CORS headers of a stream request, or null when its resume id is not one. */
-  function streamAsk(
-    query: string,
-    lastEventId: string | undefined,
-    origin: string | undefined,
-  ): StreamAsk | null {
-    // EventSource sends Last-Event-ID on reconnect: it is newer than the since= of its URL.
-    const raw = lastEventId || new URLSearchParams(query).get('since') || null;
-    let since: string | null = null;
-    if (raw !== null && raw !== undefined) {
-      if (!/^\d{1,20}$/.test(raw) || BigInt(raw) > MAX_ROW_ID) return null;
-      since = BigInt(raw).toString();
-    }
-    return { since, cors: corsHeaders(origin) };
-  }
-
-  function corsHeaders(origin: string | undefined): Record<string, string> {
-    const allowed = config.allowOrigin;
-    if (allowed === null) return {};
-    if (allowed === '*') return { 'Access-Control-Allow-Origin': '*' };
-    const headers: Record<string, string> = { Vary: 'Origin' };
-    if (origin !== undefined && allowed.includes(origin)) {
-      headers['Access-Control-Allow-Origin'] = origin;
-    }
-    return headers;
-  }
-
   function openStream(transport: Transport): Handler {
     return (req, res) => {
       if (closing) {
         return reply(res, 503, 'server is shutting down\n', { 'Retry-After': RETRY_AFTER_S });
       }
       const query = splitTarget(req.url ?? '')?.query ?? '';
-      const ask = streamAsk(query, header(req, 'last-event-id'), header(req, 'origin'));
+      const ask = streamAsk(
+        query,
+        header(req, 'last-event-id'),
+        header(req, 'origin'),
+        config.allowOrigin,
+      );
       if (ask === null) {
         return reply(res, 400, 'since / Last-Event-ID must be a row id (decimal digits)\n');
       }
@@ -208,7 +175,12 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     const transport = streamRoutes.get(request.path);
     if (transport === undefined || !acceptsStream()) return false;
     const { headers } = request;
-    const ask = streamAsk(request.query, headers.get('last-event-id'), headers.get('origin'));
+    const ask = streamAsk(
+      request.query,
+      headers.get('last-event-id'),
+      headers.get('origin'),
+      config.allowOrigin,
+    );
     if (ask === null) return false;
     full = false;
     const framing: Framing = request.http11 ? 'chunked' : 'raw';
@@ -241,7 +213,7 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
 
   function preflight(req: IncomingMessage, res: ServerResponse): void {
     res.writeHead(204, {
-      ...corsHeaders(header(req, 'origin')),
+      ...corsHeaders(header(req, 'origin'), config.allowOrigin),
       'Access-Control-Allow-Methods': 'GET, HEAD',
       'Access-Control-Allow-Headers': 'Last-Event-ID, Cache-Control',
       'Access-Control-Max-Age': '600',
@@ -256,6 +228,16 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
   function healthz(_req: IncomingMessage, res: ServerResponse): void {
     const report = deps.health();
     reply(res, report.healthy ? 200 : 503, `${JSON.stringify(report.body)}\n`, {
+      'Content-Type': 'application/json',
+    });
+  }
+
+  // For load balancers: healthy, and not shutting down (a closing instance takes no new streams).
+  function readyz(_req: IncomingMessage, res: ServerResponse): void {
+    const report = deps.health();
+    const ready = report.healthy && !closing;
+    const body = { ...report.body, status: ready ? 'ready' : closing ? 'closing' : 'unavailable' };
+    reply(res, ready ? 200 : 503, `${JSON.stringify(body)}\n`, {
       'Content-Type': 'application/json',
     });
   }
@@ -310,41 +292,4 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     },
     server,
   };
-}
-
-function header(req: IncomingMessage, name: string): string | undefined {
-  const value = req.headers[name];
-  return Array.isArray(value) ? value[value.length - 1] : value;
-}
-
-/** The status line and headers of a stream served on a bare socket, as node:http would write them. */
-function responseHead(
-  transport: Transport,
-  cors: Readonly<Record<string, string>>,
-  http11: boolean,
-): Buffer {
-  const lines = ['HTTP/1.1 200 OK'];
-  for (const [name, value] of Object.entries({ ...transport.headers, ...cors })) {
-    lines.push(`${name}: ${value}`);
-  }
-  lines.push(`Date: ${new Date().toUTCString()}`);
-  lines.push(http11 ? 'Transfer-Encoding: chunked' : 'Connection: close');
-  return Buffer.from(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
-}
-
-/** Path and query of an origin-form (`/stream?x`) or absolute-form (`http://h/stream`) target. */
-function splitTarget(target: string): { path: string; query: string } | null {
-  if (target.startsWith('/')) {
-    const mark = target.indexOf('?');
-    return mark === -1
-      ? { path: target, query: '' }
-      : { path: target.slice(0, mark), query: target.slice(mark + 1) };
-  }
-  try {
-    const url = new URL(target);
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') return null;
-    return { path: url.pathname, query: url.search.slice(1) };
-  } catch {
-    return null;
-  }
 }

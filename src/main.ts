@@ -1,6 +1,6 @@
 import dotenv from 'dotenv';
 import { createApp } from './app.js';
-import { createClusterPrimary } from './cluster.js';
+import { createClusterPrimary } from './cluster/primary.js';
 import { type Config, loadConfig } from './config.js';
 import { ConfigError, RowcastError } from './errors.js';
 import { capYoungGeneration } from './heap.js';

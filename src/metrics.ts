@@ -7,7 +7,7 @@ import {
   Registry,
 } from 'prom-client';
 import type { HubMetrics } from './hub.js';
-import type { PollerMetrics } from './poller.js';
+import type { TailerHealth, TailerMetrics } from './source/tailer.js';
 import type { TransportName } from './transports/transport.js';
 
 /** A registry's figures as `getMetricsAsJSON()` gives them: what workers hand the primary. */
@@ -19,10 +19,10 @@ export const METRICS_CONTENT_TYPE = Registry.PROMETHEUS_CONTENT_TYPE;
 /**
  * The figures of one server instance (a single process, the cluster primary or a worker). Every
  * instance defines every metric; the ones it has no part in stay at zero, so the cluster's sum is
- * right: the primary counts ticks, rows, marks, database errors, replays and publishes, the
+ * right: the primary counts ticks, claims, rows, database errors, replays and publishes, the
  * workers count streams and bytes.
  */
-export interface Metrics extends HubMetrics, PollerMetrics {
+export interface Metrics extends HubMetrics, TailerMetrics {
   /** A stream refused because MAX_STREAMS streams were open. */
   rejected(): void;
   /** A database statement failed. */
@@ -33,8 +33,8 @@ export interface Metrics extends HubMetrics, PollerMetrics {
   replayed(result: 'ok' | 'failed', streams: number): void;
   /** Reads the open streams per transport at each scrape. */
   watchStreams(sizes: () => ReadonlyMap<TransportName, number>): void;
-  /** Reads the rows awaiting their mark at each scrape. */
-  watchPendingMarks(pending: () => number): void;
+  /** Reads the tail lag and the oldest unclaimed row's age at each scrape. */
+  watchTail(health: () => TailerHealth): void;
   /** This instance's figures and its process's, in the Prometheus text format. */
   text(): Promise<string>;
   /** The same as JSON, for the cluster primary to add up. */
@@ -53,7 +53,7 @@ export function createMetrics(): Metrics {
   const registry = new Registry();
   const registers = [registry];
   let streamSizes: () => ReadonlyMap<TransportName, number> = () => new Map();
-  let pendingMarks = () => 0;
+  let tail: (() => TailerHealth) | null = null;
 
   new Gauge({
     name: 'rowcast_streams',
@@ -82,8 +82,12 @@ export function createMetrics(): Metrics {
   );
   const delivered = counter(
     'rowcast_rows_delivered_total',
-    'Rows a tick read and wrote to every open stream, each counted once however many streams ' +
-      '(and workers) got it. Counted by the process that polls.',
+    'Rows a tick tailed and handed to every open stream, each counted once however many ' +
+      'streams (and workers) got it. Counted by the process that polls.',
+  );
+  const claimed = counter(
+    'rowcast_rows_claimed_total',
+    'Rows this instance claimed (flag = 1 and a seq); with several instances, each counts its own.',
   );
   const ticks = counter(
     'rowcast_ticks_total',
@@ -92,21 +96,31 @@ export function createMetrics(): Metrics {
   );
   const tickSeconds = new Histogram({
     name: 'rowcast_tick_duration_seconds',
-    help: 'Time a tick took: retried mark, SELECT, writing the batch to every stream, mark.',
+    help: 'Time a tick took: pending check, claim, tail, handing the batch to the streams.',
     buckets: TICK_BUCKETS,
     registers,
   });
   new Gauge({
-    name: 'rowcast_pending_marks',
-    help: 'Rows written to the streams whose flag = 1 has not reached the database yet.',
+    name: 'rowcast_tail_lag_rows',
+    help: 'Claimed rows this instance had not tailed yet at its last tick (0 when caught up).',
     registers,
     collect() {
-      this.set(pendingMarks());
+      this.set(tail?.().lagRows ?? 0);
+    },
+  });
+  new Gauge({
+    name: 'rowcast_unclaimed_oldest_seconds',
+    help:
+      'Age of the oldest row still at flag = 0 at the last tick (0 when none): grows when no ' +
+      'instance claims, even with every health check green.',
+    registers,
+    collect() {
+      this.set(tail?.().unclaimedOldestSeconds ?? 0);
     },
   });
   const dbErrors = counter(
     'rowcast_db_errors_total',
-    'Database statements that failed (ticks, marks, replays, publishes, schema checks).',
+    'Database statements that failed (pending checks, claims, tails, replays, publishes, schema checks).',
   );
   const replays = counter(
     'rowcast_replays_total',
@@ -132,14 +146,15 @@ export function createMetrics(): Metrics {
       tickSeconds.observe(seconds);
     },
     delivered: (rows) => delivered.inc(rows),
+    claimed: (rows) => claimed.inc(rows),
     dbError: () => dbErrors.inc(),
     published: () => published.inc(),
     replayed: (result, streams) => replays.inc({ result }, streams),
     watchStreams(sizes) {
       streamSizes = sizes;
     },
-    watchPendingMarks(pending) {
-      pendingMarks = pending;
+    watchTail(health) {
+      tail = health;
     },
     text: () => Registry.merge([registry, processRegistry()]).metrics(),
     async figures() {

@@ -27,7 +27,7 @@ const ENCODING_GROWTH = 6;
 
 /**
  * POST /messages: inserts `{"content": "…"}` (JSON) or `content=…` (form) as a new row, answers
- * `201 {"id":…}`, and the caller wakes the poller so it goes out at once. Bearer token required.
+ * `201 {"id":…}`, and the caller wakes the tailer so it goes out at once. Bearer token required.
  */
 export function createPublishHandler(options: PublishOptions) {
   const { token, maxContentBytes } = options;

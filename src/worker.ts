@@ -1,5 +1,5 @@
 import dotenv from 'dotenv';
-import { runWorker } from './cluster.js';
+import { runWorker } from './cluster/worker.js';
 import { loadConfig } from './config.js';
 import { capYoungGeneration } from './heap.js';
 import { createLogger } from './log.js';

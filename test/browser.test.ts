@@ -53,11 +53,28 @@ function messages(page: Page): Promise<{ id: string | undefined; text: string | 
     );
 }
 
+/** The `data-seq` of every `.msg` element of the page, in document order. */
+function pageSeqs(page: Page): Promise<number[]> {
+  return page
+    .locator('.msg')
+    .evaluateAll((els) => els.map((el) => Number((el as HTMLElement).dataset.seq)));
+}
+
+/** The seqs the claims gave these rows, in the order of `ids`. */
+async function seqsOf(ids: readonly string[]): Promise<number[]> {
+  const rows = await db.query<{ id: unknown; seq: unknown }[]>(
+    'SELECT id, seq FROM msg WHERE id IN (?)',
+    [ids],
+  );
+  const seqs = new Map(rows.map((row) => [String(row.id), Number(row.seq)]));
+  return ids.map((id) => seqs.get(id) ?? Number.NaN);
+}
+
 function textOf(page: Page, id: string): Promise<string | null> {
   return page.locator(`.msg[data-id="${id}"]`).textContent();
 }
 
-test('a tab on /stream shows each new row as literal text, in id order, each once', async () => {
+test('a tab on /stream shows each new row as literal text, in delivery order, each once', async () => {
   await withTab({}, async (page) => {
     const [a] = (await db.insert('hi <b>there</b>')) as [string];
     await shown(page, a);
@@ -77,6 +94,13 @@ test('a tab on /stream shows each new row as literal text, in id order, each onc
       { id: c, text: 'third' },
       { id: d, text: 'fourth' },
     ]);
+    // Each fragment carries its place in the delivery order (docs/delivery.md 2, 4).
+    const seqs = await seqsOf([a, b, c, d]);
+    assert.deepEqual(await pageSeqs(page), seqs);
+    assert.deepEqual(
+      seqs.map((seq) => seq - (seqs[0] ?? 0)),
+      [0, 1, 2, 3],
+    );
   });
 });
 
@@ -90,8 +114,9 @@ test('with PAD_BYTES=0 the first fragment renders although no byte follows it', 
       await shown(page, first);
       assert.equal(await textOf(page, first), 'first');
       await wire.waitForIds([first]);
+      const [seq] = await seqsOf([first]);
       assert.ok(
-        wire.text.endsWith(`<div class="msg" data-id="${first}">first</div>\n`),
+        wire.text.endsWith(`<div class="msg" data-id="${first}" data-seq="${seq}">first</div>\n`),
         'the fragment was the last byte on the wire',
       );
 
@@ -118,8 +143,8 @@ test('hostile rows neither run nor break the page; later rows still render', asy
     const [bigId, markupId, quotesId] = ids as [string, string, string];
     assert.equal(Buffer.byteLength(big), 1_000_000);
     await shown(page, quotesId);
-    // Written in a later tick than the hostile batch: the stream survived it.
-    await db.waitMarked(ids);
+    // Inserted once the hostile batch has rendered, so it comes in a later batch: the stream
+    // survived it.
     const [afterId] = (await db.insert('after')) as [string];
     await shown(page, afterId);
 

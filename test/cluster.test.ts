@@ -3,12 +3,13 @@ import cluster from 'node:cluster';
 import { after, before, test } from 'node:test';
 import { startCluster, type TestCluster } from './helpers/app.js';
 import { createTestDb, type TestDb } from './helpers/db.js';
+import { assertGapFree, placedOf, tableRows } from './helpers/seq.js';
 import { openStream, type StreamClient } from './helpers/stream.js';
 import { getHealth } from './helpers/unstarted.js';
 import { waitUntil } from './helpers/wait.js';
 
-// WORKERS > 1: one poller in the primary, the sockets in the workers. The primary runs in this
-// process, so node:cluster's own `cluster.workers` shows the worker processes.
+// WORKERS > 1: one tailer in the primary (it claims and tails), the sockets in the workers. The
+// primary runs in this process, so node:cluster's own `cluster.workers` shows the worker processes.
 
 let db: TestDb;
 before(async () => {
@@ -58,14 +59,19 @@ async function openStreams(server: TestCluster, n: number): Promise<StreamClient
 
 const ids = (client: StreamClient) => client.messages().map((m) => m.id);
 
-test('every worker gets every row: each stream sees each row once, in order; then marked', async () => {
+test('every worker gets every row: each stream sees each row once, in seq order', async () => {
   await withCluster(3, async (server) => {
     const clients = await openStreams(server, 12);
     await waitUntil(() => streamsPerWorker(server).size === 3, 'streams on all three workers');
     const inserted = await db.insert(...Array.from({ length: 30 }, (_, i) => `row ${i}`));
     for (const client of clients) await client.waitForIds(inserted);
-    for (const client of clients) assert.deepEqual(ids(client), inserted);
-    await db.waitMarked(inserted);
+    // Delivery contract 2: the one order of the table's seqs, on every stream of every worker.
+    const order = assertGapFree(await tableRows(db)).filter((row) => inserted.includes(row.id));
+    assert.deepEqual(
+      order.map((row) => row.id),
+      inserted,
+    );
+    for (const client of clients) assert.deepEqual(placedOf(client.text), order);
     const health = await getHealth(server.url);
     assert.equal(health.status, 200);
     await waitUntil(
@@ -76,38 +82,70 @@ test('every worker gets every row: each stream sees each row once, in order; the
   });
 });
 
-test('a row is marked only after every worker has written it', async () => {
+test('the primary does not wait for a frozen worker; one that does not ack for 10 s is killed (worker.stuck) and replaced, and its clients resume from the table', {
+  timeout: 90_000,
+}, async () => {
   await withCluster(2, async (server) => {
     const clients = await openStreams(server, 6);
     await waitUntil(() => streamsPerWorker(server).size === 2, 'streams on both workers');
+    const [before] = (await db.insert('before the freeze')) as [string];
+    for (const client of clients) await client.waitForIds([before]);
     const [frozen, running] = workerPids() as [number, number];
+    const served = streamsPerWorker(server).get(running) ?? 0;
+    const during: string[] = [];
     process.kill(frozen, 'SIGSTOP');
     try {
-      const [id] = (await db.insert('waits for the frozen worker')) as [string];
-      // The running worker's streams get the row; the batch stays unmarked.
-      const served = streamsPerWorker(server).get(running) ?? 0;
-      await waitUntil(
-        () => clients.filter((c) => ids(c).includes(id)).length === served,
-        'the row on the running worker',
-      );
-      // (No request to the server here: it could be handed to the frozen worker.)
-      assert.equal((await db.flags()).get(id), 0, 'not marked while a worker has not written it');
+      // (No request to the server while frozen: it could be handed to the frozen worker.)
+      for (let i = 0; i < 3; i++) {
+        const [id] = (await db.insert(`while frozen ${i}`)) as [string];
+        during.push(id);
+        // Batch after batch reaches the running worker's streams, long before the frozen worker
+        // is given up on: nothing waits for its acknowledgement.
+        await waitUntil(
+          () => clients.filter((c) => ids(c).includes(id)).length === served,
+          `row ${id} on the running worker's streams`,
+        );
+        assert.equal(server.logs.events('worker.stuck').length, 0, 'delivered before any kill');
+      }
+      const stuck = await server.logs.waitFor('worker.stuck', 30_000);
+      assert.equal(stuck.worker, frozen);
+      assert.ok(Number(stuck.batches) >= 1, 'it had batches not acknowledged');
+      const exit = await server.logs.waitFor('worker.exit');
+      assert.equal(exit.worker, frozen);
+      assert.equal(exit.signal, 'SIGKILL');
     } finally {
-      process.kill(frozen, 'SIGCONT');
+      try {
+        process.kill(frozen, 'SIGCONT');
+      } catch {
+        // killed already
+      }
     }
-    await waitUntil(async () => (await db.flags()).get(String(await lastId())) === 1, 'the mark');
-    for (const client of clients) {
-      await client.waitForIds([String(await lastId())]);
-      assert.equal(ids(client).length, 1, 'each stream got the row once');
-      client.close();
+    // The frozen worker's clients see their streams break; the others stay open, each row once.
+    const gone = await waitUntil(() => {
+      const ended = clients.filter((c) => c.res.destroyed || c.res.complete);
+      return ended.length === clients.length - served && ended;
+    }, "the frozen worker's streams to end");
+    const open = clients.filter((c) => !gone.includes(c));
+    for (const client of open) assert.deepEqual(ids(client), [before, ...during]);
+    for (const client of gone) assert.deepEqual(ids(client), [before]);
+    await waitUntil(
+      () => workerPids().length === 2 && !workerPids().includes(frozen),
+      'a replacement',
+    );
+    // Its clients resume from the last row they saw (delivery contract 3): exactly what they missed.
+    const resumed: StreamClient[] = [];
+    for (const _ of gone) {
+      resumed.push(await openStream(new URL(`/stream?since=${before}`, server.url)));
     }
+    for (const client of resumed) await client.waitForIds(during);
+    const [after] = (await db.insert('after the replacement')) as [string];
+    for (const client of [...open, ...resumed]) await client.waitForIds([after]);
+    for (const client of open) assert.deepEqual(ids(client), [before, ...during, after]);
+    for (const client of resumed) assert.deepEqual(ids(client), [...during, after]);
+    assert.equal(server.logs.events('worker.stuck').length, 1);
+    for (const client of [...clients, ...resumed]) client.close();
   });
 });
-
-async function lastId(): Promise<number> {
-  const [row] = await db.query<{ id: string }[]>('SELECT MAX(id) AS id FROM msg');
-  return Number(row?.id);
-}
 
 test('a worker that dies is replaced; its clients can reconnect; nothing stalls', async () => {
   await withCluster(2, async (server) => {
@@ -139,7 +177,6 @@ test('a worker that dies is replaced; its clients can reconnect; nothing stalls'
       await client.waitForIds([next]);
       assert.equal(ids(client).filter((x) => x === next).length, 1);
     }
-    await waitUntil(async () => (await db.flags()).get(next) === 1, 'the mark');
     for (const client of [...clients, ...again]) client.close();
   });
 });

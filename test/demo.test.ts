@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import mysql from 'mysql2/promise';
 import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
 import { startApp, type TestApp } from './helpers/app.js';
 import { CHROMIUM, withContext } from './helpers/browser.js';
-import { createTestDb, type TestDb } from './helpers/db.js';
+import { connectionOptions, createTestDb, type TestDb } from './helpers/db.js';
 import { waitUntil } from './helpers/wait.js';
 
 // The demo page at GET / (issue 5), as a user sees it in a real Chromium tab: live messages,
@@ -279,6 +280,79 @@ test('a tab that comes back to the page gets the rows it missed, from sessionSto
       { id: missed[0], text: 'missed while away 1' },
       { id: missed[1], text: 'missed while away 2' },
     ]);
+  });
+});
+
+test('rows delivered out of id order: the page resumes after the last one it received', async () => {
+  await withDemo({}, async (app, context) => {
+    const page = await openDemo(context, app);
+    // A writer whose transaction is still open holds the smaller id; a faster one commits the
+    // next id, which is claimed first (docs/delivery.md 2: seq order, not id order).
+    const slow = await mysql.createConnection({ ...connectionOptions(), database: db.name });
+    let slowId: string;
+    try {
+      await slow.beginTransaction();
+      const [result] = await slow.query('INSERT INTO msg (content) VALUES (?)', ['slow writer']);
+      slowId = String((result as { insertId: number }).insertId);
+      const [fastId] = (await db.insert('fast writer')) as [string];
+      assert.ok(BigInt(fastId) > BigInt(slowId));
+      await shown(page, fastId);
+      await slow.commit();
+      await shown(page, slowId);
+      assert.deepEqual(await items(page), [
+        { id: fastId, text: 'fast writer' },
+        { id: slowId, text: 'slow writer' },
+      ]);
+    } finally {
+      await slow.end();
+    }
+
+    await page.goto('about:blank');
+    const [away] = (await db.insert('while away')) as [string];
+    await db.waitMarked([away]);
+    await page.goto(app.url.href, { waitUntil: 'domcontentloaded' });
+    await shown(page, away);
+    // Resumed after the slow writer's row, the last received, not after the largest id (which
+    // would bring the slow writer's row back as if it had been missed).
+    assert.deepEqual(await items(page), [{ id: away, text: 'while away' }]);
+  });
+});
+
+test('a tab back after more than REPLAY_LIMIT rows says older ones are missing, either way in', async () => {
+  await withDemo({ REPLAY_LIMIT: '2' }, async (app) => {
+    for (const way of ['EventSource', 'forever frame'] as const) {
+      // A context of its own each: sessionStorage (the last id) is not shared.
+      const tab = await browser.newContext();
+      try {
+        if (way === 'forever frame') {
+          await tab.addInitScript(() => {
+            delete (window as { EventSource?: unknown }).EventSource;
+          });
+        }
+        const page = await openDemo(tab, app);
+        const [seen] = (await db.insert(`seen (${way})`)) as [string];
+        await shown(page, seen);
+        assert.equal(await page.locator('#gap').isVisible(), false, `${way}: no gap while live`);
+        await page.goto('about:blank');
+        const missed = await db.insert(...[1, 2, 3, 4, 5].map((n) => `missed ${n} (${way})`));
+        await db.waitMarked(missed);
+
+        await page.goto(app.url.href, { waitUntil: 'domcontentloaded' });
+        await shown(page, missed[4] as string);
+        // docs/delivery.md 4: the newest REPLAY_LIMIT rows, after the word that some are missing.
+        await page.locator('#gap[data-reason="limit"]').waitFor();
+        assert.match((await page.locator('#gap').textContent()) ?? '', /older ones are not shown/);
+        assert.deepEqual(await items(page), [
+          { id: missed[3], text: `missed 4 (${way})` },
+          { id: missed[4], text: `missed 5 (${way})` },
+        ]);
+        const [live] = (await db.insert(`live (${way})`)) as [string];
+        await shown(page, live);
+        assert.deepEqual((await ids(page)).slice(-1), [live], way);
+      } finally {
+        await tab.close();
+      }
+    }
   });
 });
 

@@ -4,7 +4,6 @@ import { startApp, type TestApp } from './helpers/app.js';
 import { createTestDb, type TestDb } from './helpers/db.js';
 import { openTally } from './helpers/raw.js';
 import { openStream, parseMessages, type StreamClient } from './helpers/stream.js';
-import { waitUntil } from './helpers/wait.js';
 
 // Rows that try to break the page, the encoding or the server: each arrives as a harmless
 // fragment, and the rows after it still arrive.
@@ -32,6 +31,18 @@ async function withStream(
   } finally {
     await app.close();
   }
+}
+
+/** Rows `ids` of `table` with the seq their claim gave them, in seq order. */
+async function placedIn(
+  table: string,
+  ids: readonly (string | undefined)[],
+): Promise<{ id: string; seq: number }[]> {
+  const rows = await db.query<{ id: unknown; seq: unknown }[]>(
+    `SELECT id, seq FROM \`${table}\` WHERE id IN (?) ORDER BY seq`,
+    [ids],
+  );
+  return rows.map((row) => ({ id: String(row.id), seq: Number(row.seq) }));
 }
 
 function htmlOf(client: StreamClient, id: string | undefined): string | undefined {
@@ -63,7 +74,7 @@ test('markup and quotes arrive escaped; no fragment can be forged', async () => 
   });
 });
 
-test('NULL content arrives as an empty fragment, is logged and flagged; later rows follow', async () => {
+test('NULL content arrives as an empty fragment, is logged, and keeps its place; later rows follow', async () => {
   await withStream({}, async (client, app) => {
     await db.query('ALTER TABLE msg MODIFY content MEDIUMTEXT NULL');
     const [nullId, nextId] = await db.insert(null, 'after the NULL');
@@ -75,7 +86,13 @@ test('NULL content arrives as an empty fragment, is logged and flagged; later ro
     assert.equal(app.logs.events('row.null').length, 1);
     const [later] = await db.insert('later still');
     await client.waitForIds([later as string]);
-    await db.waitMarked([nullId, nextId, later]);
+    // The NULL row took its seq like any other (docs/delivery.md 2): no hole in the order.
+    const placed = await placedIn('msg', [nullId, nextId, later]);
+    assert.deepEqual(client.rows(), placed);
+    assert.deepEqual(
+      placed.map((row) => row.seq - (placed[0]?.seq ?? 0)),
+      [0, 1, 2],
+    );
   });
 });
 
@@ -102,7 +119,7 @@ test('a backlog of big rows is split into batches of at most BATCH_MAX_BYTES, no
   const client = await openTally(app.streamUrl);
   try {
     // Quotes grow sixfold when escaped: twelve such rows in one frame would be 72 MB of text.
-    // One transaction, so the poller finds all twelve at once (one statement would exceed
+    // One transaction, so one claim finds all twelve pending (one statement would exceed
     // max_allowed_packet).
     await db.conn.beginTransaction();
     const ids: string[] = [];
@@ -115,8 +132,16 @@ test('a backlog of big rows is split into batches of at most BATCH_MAX_BYTES, no
     );
     const batches = app.logs.events('poll.batch').map((e) => e.rows);
     assert.deepEqual(batches, [9, 3], 'rows per tick: 8 MiB of content, then the rest');
-    const flags = await db.flags();
-    for (const id of ids) assert.equal(flags.get(id), 1);
+    // Two claims, one after the other: twelve consecutive seqs in id order.
+    const placed = await placedIn('msg', ids);
+    assert.deepEqual(
+      placed.map((row) => row.id),
+      ids,
+    );
+    assert.deepEqual(
+      placed.map((row) => row.seq - (placed[0]?.seq ?? 0)),
+      ids.map((_, i) => i),
+    );
   } finally {
     client.close();
     await app.close();
@@ -172,9 +197,7 @@ test('invalid UTF-8 from a binary content column becomes valid text; later rows 
       parseMessages(client.text).map((m) => m.id),
       [bad, good],
     );
-    await waitUntil(async () => {
-      const left = await db.query<unknown[]>('SELECT id FROM msg_blob WHERE flag = 0');
-      return left.length === 0;
-    }, 'both rows flagged');
+    // The table was given its seq column at start, and the frames carry the seqs it holds.
+    assert.deepEqual(client.rows(), await placedIn('msg_blob', [bad, good]));
   });
 });

@@ -2,13 +2,15 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import net from 'node:net';
 import { after, before, test } from 'node:test';
-import { startApp, type TestApp } from './helpers/app.js';
+import { startApp, type TestApp, withApp } from './helpers/app.js';
 import { createTestDb, type TestDb } from './helpers/db.js';
+import { withDbProxy } from './helpers/proxy.js';
 import { request as requestUrl } from './helpers/request.js';
 import { openStream } from './helpers/stream.js';
+import { getHealth, tcpSockets, waitForSockets } from './helpers/unstarted.js';
 import { waitUntil } from './helpers/wait.js';
 
-// The HTTP surface table of DESIGN.md, checked on real sockets.
+// The HTTP surface (routes, methods, headers, health and readiness, shutdown), on real sockets.
 
 let db: TestDb;
 let server: TestApp;
@@ -23,6 +25,22 @@ after(async () => {
 
 function request(path: string, method = 'GET') {
   return requestUrl(new URL(path, server.url), method);
+}
+
+/** The seq the claim gave row `id` (docs/delivery.md 1), once it has one. */
+function seqOf(id: string): Promise<number> {
+  return waitUntil(async () => {
+    const [row] = await db.query<{ seq: unknown }[]>('SELECT seq FROM msg WHERE id = ?', [id]);
+    return row?.seq === null || row?.seq === undefined ? undefined : Number(row.seq);
+  }, `a seq for row ${id}`);
+}
+
+/** The last seq claimed from msg, by its counter row. */
+async function lastSeq(): Promise<number> {
+  const [row] = await db.query<{ next_seq: unknown }[]>(
+    "SELECT next_seq FROM rowcast_state WHERE tbl = 'msg'",
+  );
+  return Number(row?.next_seq) - 1;
 }
 
 /** Sends `head` on a raw socket and collects everything the server answers. */
@@ -106,16 +124,116 @@ test('HEAD /stream has the same headers and no body', async () => {
   assert.equal(server.app.hub.size, 0, 'HEAD opens no stream');
 });
 
-test('GET /healthz answers 200 with JSON while polling works', async () => {
+test('GET /healthz answers 200 with JSON while polling works, at the last seq', async (t) => {
+  const client = await openStream(server.streamUrl);
+  t.after(() => client.close());
+  const [id] = (await db.insert('for the health check')) as [string];
+  await client.waitForIds([id]);
+  // The row reached the stream: the cursor is at its seq, the last one claimed.
+  const seq = await seqOf(id);
+  assert.equal(await lastSeq(), seq);
   const answer = await request('/healthz');
   assert.equal(answer.status, 200);
   assert.equal(answer.headers['content-type'], 'application/json');
   const body = JSON.parse(answer.body);
+  assert.deepEqual(Object.keys(body).sort(), [
+    'failures',
+    'lagRows',
+    'lastPollAgeMs',
+    'poll',
+    'seq',
+    'status',
+    'streams',
+  ]);
   assert.equal(body.status, 'ok');
   assert.equal(body.poll, 'ok');
   assert.equal(typeof body.lastPollAgeMs, 'number');
-  assert.equal(body.pendingMarks, 0);
+  assert.equal(body.failures, 0);
+  assert.equal(body.seq, seq);
+  assert.equal(body.lagRows, 0);
   assert.equal(typeof body.streams, 'number');
+});
+
+test('GET /readyz answers 200 with JSON while the tailer works', async () => {
+  const answer = await request('/readyz');
+  assert.equal(answer.status, 200);
+  assert.equal(answer.headers['content-type'], 'application/json');
+  const body = JSON.parse(answer.body);
+  assert.equal(body.status, 'ready');
+  assert.equal(body.poll, 'ok');
+  assert.equal(body.seq, await lastSeq());
+  assert.equal(typeof body.streams, 'number');
+  const head = await request('/readyz', 'HEAD');
+  assert.equal(head.status, 200);
+  assert.equal(head.body, '');
+});
+
+test('GET /readyz answers 503 during shutdown, while the streams take their closing frame', async () => {
+  const token = 'readyz-test-token-0123456789';
+  const app = await startApp(db.url, { PUBLISH_TOKEN: token });
+  const stream = await openStream(app.streamUrl);
+  // A connection the shutdown cannot drop as idle: a publish whose body the server waits for
+  // (its 100 Continue says the request is in), with a /readyz to follow on the same connection.
+  const client = rawClient(
+    'POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+      `Authorization: Bearer ${token}\r\nContent-Length: 15\r\nExpect: 100-continue\r\n\r\n`,
+    app.url,
+  );
+  try {
+    await waitUntil(() => client.received.startsWith('HTTP/1.1 100 Continue\r\n\r\n'), '100');
+    const closing = app.close();
+    // The stream got its closing frame: shutdown has begun.
+    await stream.ended;
+    assert.match(stream.text, /<!-- rowcast: server shutting down -->\n<\/body><\/html>\n$/);
+    // An empty content (400, nothing inserted) ends the publish; then the /readyz.
+    client.socket.write('{"content": ""}GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n');
+    await client.closed;
+    const answers = client.received.split(/(?=HTTP\/1\.1 )/);
+    assert.equal(answers.length, 3, client.received);
+    assert.match(answers[1] as string, /^HTTP\/1\.1 400 /);
+    const ready = answers[2] as string;
+    assert.match(ready, /^HTTP\/1\.1 503 /);
+    assert.match(ready, /\r\nContent-Type: application\/json\r\n/i);
+    assert.match(ready, /\r\nConnection: close\r\n/i);
+    const body = JSON.parse(ready.slice(ready.indexOf('\r\n\r\n') + 4));
+    assert.equal(body.status, 'closing');
+    await closing;
+  } finally {
+    client.socket.destroy();
+    stream.close();
+    await app.close();
+  }
+});
+
+test('GET /readyz and /healthz answer 503 while the database is cut, 200 once it is back', {
+  timeout: 60_000,
+}, async () => {
+  const sockets = tcpSockets();
+  await withDbProxy(async (proxy) => {
+    await withApp(proxy.url(db.name), {}, async (app) => {
+      // Ready once the first tick has run.
+      await waitUntil(async () => (await getHealth(app.url, '/readyz')).status === 200, 'ready');
+      proxy.cut();
+      const down = await waitUntil(async () => {
+        const ready = await getHealth(app.url, '/readyz');
+        return ready.status === 503 && ready;
+      }, '/readyz to turn 503');
+      assert.equal(down.body.status, 'unavailable');
+      assert.equal(down.body.poll, 'failing');
+      assert.equal((await getHealth(app.url)).status, 503);
+      proxy.restore();
+      const up = await waitUntil(
+        async () => {
+          const ready = await getHealth(app.url, '/readyz');
+          return ready.status === 200 && ready;
+        },
+        '/readyz to turn 200 again',
+        30_000,
+      );
+      assert.equal(up.body.status, 'ready');
+    });
+    await waitForSockets(sockets); // before the proxy closes (see waitForSockets)
+  });
 });
 
 test('unknown paths get 404 with a small plain-text body', async () => {
@@ -164,11 +282,9 @@ test('an HTTP/1.0 client gets a close-delimited body that still streams', async 
   assert.match(head, /\r\nConnection: close/i);
   assert.doesNotMatch(head, /Transfer-Encoding/i);
   assert.doesNotMatch(head, /Content-Length/i);
-  const [id] = await db.insert('for an old client');
-  await waitUntil(
-    () => client.received.includes(`<div class="msg" data-id="${id}">for an old client</div>\n`),
-    'the row on the HTTP/1.0 stream',
-  );
+  const [id] = (await db.insert('for an old client')) as [string];
+  const fragment = `<div class="msg" data-id="${id}" data-seq="${await seqOf(id)}">for an old client</div>\n`;
+  await waitUntil(() => client.received.includes(fragment), 'the row on the HTTP/1.0 stream');
   // No chunk-size lines: the fragment follows the preamble as plain bytes.
   assert.doesNotMatch(client.received.slice(head.length + 4), /\r\n[0-9a-f]+\r\n/);
 });
@@ -192,11 +308,9 @@ test('a stream asked for on a kept-alive connection is served by node:http alike
   assert.match(second, /^HTTP\/1\.1 200 OK\r\n/);
   assert.match(second, /\r\nContent-Type: text\/html; charset=utf-8\r\n/i);
   assert.match(second, /\r\nTransfer-Encoding: chunked\r\n/i);
-  const [id] = await db.insert('via node:http');
-  await waitUntil(
-    () => client.received.includes(`<div class="msg" data-id="${id}">via node:http</div>\n`),
-    'the row on the kept-alive connection',
-  );
+  const [id] = (await db.insert('via node:http')) as [string];
+  const fragment = `<div class="msg" data-id="${id}" data-seq="${await seqOf(id)}">via node:http</div>\n`;
+  await waitUntil(() => client.received.includes(fragment), 'the row on the kept-alive connection');
 });
 
 test('GET / serves the demo page as HTML with a restrictive Content-Security-Policy', async () => {

@@ -7,7 +7,7 @@ import { request as get } from './helpers/request.js';
 import { openStream, type StreamClient } from './helpers/stream.js';
 import { waitUntil } from './helpers/wait.js';
 
-// Bounded resources (DESIGN.md, delivery contract 6) and the heartbeat, on real sockets.
+// Bounded resources (docs/delivery.md 6) and the heartbeat, on real sockets.
 
 let db: TestDb;
 before(async () => {

@@ -8,6 +8,7 @@ import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { createTestDb, type TestDb } from './helpers/db.js';
 import { openStream } from './helpers/stream.js';
+import { getHealth } from './helpers/unstarted.js';
 import { waitUntil } from './helpers/wait.js';
 
 // The rowcast process as an operator runs it: `node dist/src/main.js`, configured by env and .env.
@@ -116,6 +117,9 @@ test('every stdout line is a pino JSON event with a stable event field', async (
   t.after(() => proc.child.kill('SIGKILL'));
   const url = await started(proc);
   const client = await openStream(url);
+  // A batch logs the streams last counted (with WORKERS > 1, as the workers reported them):
+  // once /healthz counts this one, so does the batch.
+  await waitUntil(async () => (await getHealth(url)).body.streams === 1, 'the stream counted');
   const [id] = await db.insert('logged');
   await client.waitForIds([id as string]);
   await waitUntil(() => proc.logs().some((e) => e.event === 'poll.batch'), 'a poll.batch line');
@@ -130,6 +134,12 @@ test('every stdout line is a pino JSON event with a stable event field', async (
   const batch = proc.logs().find((e) => e.event === 'poll.batch');
   assert.equal(batch?.rows, 1);
   assert.equal(batch?.streams, 1);
+  // The batch names its rows by id and by their place in the delivery order.
+  const [row] = await db.query<{ seq: unknown }[]>('SELECT seq FROM msg WHERE id = ?', [id]);
+  assert.deepEqual(
+    [batch?.firstId, batch?.lastId, batch?.firstSeq, batch?.lastSeq],
+    [id, id, Number(row?.seq), Number(row?.seq)],
+  );
 });
 
 test('settings come from .env, and the environment wins over it', async (t) => {

@@ -11,8 +11,9 @@ import { request as get } from './helpers/request.js';
 import { tcpSockets, waitForSockets } from './helpers/unstarted.js';
 import { waitUntil } from './helpers/wait.js';
 
-// GET /metrics (issue 5): the figures move by the right amounts as streams open, rows go out,
-// clients are cut or refused and the database fails, in one process and summed over workers.
+// GET /metrics (issue 5): the figures move by the right amounts as streams open, rows are claimed
+// and go out, clients are cut or refused and the database fails, in one process and summed over
+// workers.
 
 let db: TestDb;
 before(async () => {
@@ -126,6 +127,9 @@ function assertBytesWritten(figures: Figures, streams: readonly RawStream[]): vo
 }
 
 const DELIVERED = 'rowcast_rows_delivered_total';
+const CLAIMED = 'rowcast_rows_claimed_total';
+const TAIL_LAG = 'rowcast_tail_lag_rows';
+const UNCLAIMED_AGE = 'rowcast_unclaimed_oldest_seconds';
 const TICKS_OK = 'rowcast_ticks_total{result="ok"}';
 const TICKS_FAILED = 'rowcast_ticks_total{result="failed"}';
 const DB_ERRORS = 'rowcast_db_errors_total';
@@ -143,12 +147,13 @@ function closeAll(streams: readonly RawStream[]): void {
   for (const { client } of streams) client.socket.destroy();
 }
 
-test('streams by transport, rows delivered, ticks, bytes written, replays and publishes move as rows go out', async () => {
+test('streams by transport, rows claimed and delivered, ticks, bytes written, replays and publishes move as rows go out', async () => {
   const token = 'metrics-test-token-0123456789';
   await withApp(db.url, { ...NO_HEARTBEAT, PUBLISH_TOKEN: token }, async (app) => {
     const start = await scrapeUntil(app.url, (f) => (f.get(TICKS_OK) ?? 0) >= 1, 'a first tick');
     assert.ok(streamsMatch(start, { html: 0, sse: 0, ndjson: 0 }));
     assert.equal(value(start, DELIVERED), 0);
+    assert.equal(value(start, CLAIMED), 0);
     for (const transport of TRANSPORTS) {
       assert.equal(value(start, `rowcast_bytes_written_total{transport="${transport}"}`), 0);
     }
@@ -169,7 +174,8 @@ test('streams by transport, rows delivered, ticks, bytes written, replays and pu
       assert.equal(value(figures, TICKS_FAILED), 0);
       assertTicksTimed(figures);
       assert.equal(value(figures, DB_ERRORS), 0);
-      assert.equal(value(figures, 'rowcast_pending_marks'), 0);
+      assert.equal(value(figures, CLAIMED), 3, 'this instance claimed the three rows');
+      assert.equal(value(figures, TAIL_LAG), 0, 'caught up');
       assert.equal(value(figures, 'rowcast_published_total'), 0);
 
       // A publish over HTTP, and a stream resuming after the first row: its replay counts too.
@@ -178,6 +184,7 @@ test('streams by transport, rows delivered, ticks, bytes written, replays and pu
       await waitForRow(streams, published);
       figures = await scrapeUntil(app.url, (f) => value(f, DELIVERED) >= 4, 'the published row');
       assert.equal(value(figures, DELIVERED), 4);
+      assert.equal(value(figures, CLAIMED), 4);
       assert.equal(value(figures, 'rowcast_published_total'), 1);
       assert.equal(value(figures, 'rowcast_replays_total{result="ok"}'), 1);
       assert.equal(value(figures, 'rowcast_replays_total{result="failed"}'), 0);
@@ -263,33 +270,93 @@ test('a database cut shows in database errors and failed ticks; recovery in ok t
       await app.logs.waitFor('poll.recovered', 15_000);
       const [id] = (await db.insert('after the cut')) as [string];
       await db.waitMarked([id]);
-      const again = await scrape(app.url);
+      // The claim marks the row before the tail hands it over: the count may trail the mark.
+      const again = await scrapeUntil(app.url, (f) => value(f, DELIVERED) >= 1, 'the row tailed');
       assert.equal(value(again, DELIVERED), 1);
+      assert.equal(value(again, CLAIMED), 1);
       assertTicksTimed(again);
     });
     await waitForSockets(idle); // before the proxy closes (see waitForSockets)
   });
 });
 
-test('rows whose mark failed are the pending marks until the mark goes through', async () => {
+test('rows no instance may claim show in rowcast_unclaimed_oldest_seconds, growing, until claimed', async () => {
+  // The table is prepared already (withTable): a user who may not UPDATE starts, but cannot claim.
   await withoutUpdate(db, db.url, async (url, user) => {
     // A one-minute interval: the test runs every tick after the first itself, with pollOnce.
     await withApp(url, { POLL_INTERVAL_MS: '60000', ...NO_HEARTBEAT }, async (app) => {
-      await app.app.poller.pollOnce();
-      const rows = await db.insert('one', 'two');
-      await assert.rejects(app.app.poller.pollOnce(), { code: 'ER_TABLEACCESS_DENIED_ERROR' });
+      await app.app.tailer.pollOnce();
       let figures = await scrape(app.url);
-      assert.equal(value(figures, 'rowcast_pending_marks'), rows.length);
-      assert.equal(value(figures, DELIVERED), rows.length);
-      assert.equal(value(figures, TICKS_FAILED), 1);
-      assert.equal(value(figures, DB_ERRORS), 1);
+      assert.equal(value(figures, UNCLAIMED_AGE), 0, 'no row pending');
+      const rows = await db.insert('one', 'two');
+      // Each tick sees the rows pending and fails to claim them.
+      const refused = async () => {
+        await assert.rejects(app.app.tailer.pollOnce(), { code: 'ER_TABLEACCESS_DENIED_ERROR' });
+        return scrape(app.url);
+      };
+      const age = await waitUntil(async () => {
+        const f = await refused();
+        return value(f, UNCLAIMED_AGE) > 0 && value(f, UNCLAIMED_AGE);
+      }, 'the oldest unclaimed row has an age');
+      figures = await waitUntil(async () => {
+        const f = await refused();
+        return value(f, UNCLAIMED_AGE) > age && f;
+      }, 'the age growing');
+      assert.equal(value(figures, CLAIMED), 0);
+      assert.equal(value(figures, DELIVERED), 0);
+      assert.ok(value(figures, TICKS_FAILED) >= 2);
+      assert.equal(value(figures, DB_ERRORS), value(figures, TICKS_FAILED), 'one per failed tick');
+      const errors = value(figures, DB_ERRORS);
 
+      // A table-level GRANT applies to open connections at their next statement.
       await db.query(`GRANT UPDATE ON \`${db.name}\`.\`msg\` TO ?@'%'`, [user]);
-      await app.app.poller.pollOnce();
+      await db.query(`GRANT UPDATE ON \`${db.name}\`.\`rowcast_state\` TO ?@'%'`, [user]);
+      await app.app.tailer.pollOnce();
       figures = await scrape(app.url);
-      assert.equal(value(figures, 'rowcast_pending_marks'), 0);
-      assert.equal(value(figures, DELIVERED), rows.length, 'not delivered again');
-      assert.equal(value(figures, DB_ERRORS), 1);
+      assert.equal(value(figures, CLAIMED), rows.length);
+      assert.equal(value(figures, DELIVERED), rows.length);
+      assert.equal(value(figures, DB_ERRORS), errors);
+      // The age is read by each tick's pending check, before its claim: the next one finds none.
+      await app.app.tailer.pollOnce();
+      figures = await scrape(app.url);
+      assert.equal(value(figures, UNCLAIMED_AGE), 0, 'nothing pending once claimed');
+      assert.equal(value(figures, CLAIMED), rows.length);
+    });
+  });
+});
+
+test('rowcast_tail_lag_rows counts rows claimed elsewhere that this instance has not tailed yet', async () => {
+  // Two instances on one table, their ticks run by the test: one claims, the other tails two
+  // rows a tick (BATCH_SIZE), so it lags behind by what is left.
+  const manual = { POLL_INTERVAL_MS: '60000', ...NO_HEARTBEAT };
+  await withApp(db.url, { ...manual, BATCH_SIZE: '2' }, async (tailing) => {
+    await withApp(db.url, manual, async (claiming) => {
+      await tailing.app.tailer.pollOnce(); // its cursor is before the rows
+      await claiming.app.tailer.pollOnce();
+      const stream = await openRaw(tailing.url, 'html');
+      try {
+        const rows = await db.insert('a', 'b', 'c', 'd', 'e');
+        await claiming.app.tailer.pollOnce();
+        const claimer = await scrape(claiming.url);
+        assert.equal(value(claimer, CLAIMED), 5);
+        assert.equal(value(claimer, DELIVERED), 5);
+        assert.equal(value(claimer, TAIL_LAG), 0);
+
+        for (const [lag, delivered] of [
+          [3, 2],
+          [1, 4],
+          [0, 5],
+        ] as const) {
+          await tailing.app.tailer.pollOnce();
+          const figures = await scrape(tailing.url);
+          assert.equal(value(figures, TAIL_LAG), lag, `lag after ${delivered} rows`);
+          assert.equal(value(figures, DELIVERED), delivered);
+          assert.equal(value(figures, CLAIMED), 0, 'it claimed none');
+          await waitForRow([stream], rows[delivered - 1] as string);
+        }
+      } finally {
+        closeAll([stream]);
+      }
     });
   });
 });
@@ -339,6 +406,7 @@ test('WORKERS=2: /metrics from either worker sums the streams of both; rows coun
     await waitForRow(streams, rows[3] as string);
     const figures = await scrapeUntil(server.url, (f) => value(f, DELIVERED) >= 4, 'four rows');
     assert.equal(value(figures, DELIVERED), 4, 'each row once, not once per worker');
+    assert.equal(value(figures, CLAIMED), 4, 'claimed once, by the primary');
     assertBytesWritten(figures, streams);
     assertTicksTimed(figures);
     // Process metrics summed over the processes; the start time of one process means nothing.

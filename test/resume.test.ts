@@ -1,13 +1,21 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import mysql, { type ResultSetHeader } from 'mysql2/promise';
-import { startCluster, type TestApp, withApp } from './helpers/app.js';
-import { connectionOptions, createTestDb, type TestDb, withoutUpdate } from './helpers/db.js';
+import { startApp, startCluster, type TestApp, withApp } from './helpers/app.js';
+import { connectionOptions, createTestDb, type TestDb } from './helpers/db.js';
 import { withDbProxy } from './helpers/proxy.js';
-import { openStream, parseNdjson, parseSse, type StreamClient } from './helpers/stream.js';
+import {
+  type Frame,
+  openStream,
+  parseNdjson,
+  parseSse,
+  type StreamClient,
+} from './helpers/stream.js';
 import { waitUntil } from './helpers/wait.js';
 
-// Server-Sent Events, NDJSON and resuming a stream (since= / Last-Event-ID), on real sockets.
+// Server-Sent Events, NDJSON and resuming a stream (since= / Last-Event-ID), on real sockets:
+// a resume gets the rows after its row id in seq order (docs/delivery.md 3), and a gap frame
+// first when that cannot be exact (docs/delivery.md 4).
 
 const ROUTES = ['/stream', '/events', '/stream.ndjson'] as const;
 
@@ -19,14 +27,44 @@ after(async () => {
   await db.drop();
 });
 
-/** Inserts rows and waits until a live stream has them, so they count as delivered. */
+/** Inserts rows and waits until a live stream has them: claimed (they have a seq) and tailed. */
 async function deliver(app: TestApp, ...contents: string[]): Promise<string[]> {
   const watcher = await openStream(app.streamUrl);
   const ids = await db.insert(...contents);
   await watcher.waitForIds(ids);
   watcher.close();
-  await db.waitMarked(ids);
   return ids;
+}
+
+/** What a stream shows for these rows: one row frame each, in this order. */
+const rows = (ids: readonly (string | undefined)[]): Frame[] =>
+  ids.map((id) => ({ id: id as string }));
+
+/** A gap frame (docs/delivery.md 4). */
+const gap = (since: string | undefined, reason: 'limit' | 'unknown'): Frame => ({
+  gap: { since: since as string, reason },
+});
+
+/** The seq the table holds for each of these rows (they must have one). */
+async function seqsOf(ids: readonly (string | undefined)[]): Promise<number[]> {
+  const found = await db.query<{ id: string; seq: string | null }[]>(
+    `SELECT id, seq FROM msg WHERE id IN (${ids.join(',')})`,
+  );
+  const byId = new Map(found.map((row) => [String(row.id), row.seq]));
+  return ids.map((id) => {
+    const seq = byId.get(id as string);
+    assert.ok(seq !== undefined && seq !== null, `row ${id} has a seq`);
+    return Number(seq);
+  });
+}
+
+/** The ids of the rows with a seq above that of row `since`, in seq order, as the table says. */
+async function idsAfter(since: string): Promise<string[]> {
+  const found = await db.query<{ id: string }[]>(
+    'SELECT id FROM msg WHERE seq > (SELECT seq FROM msg WHERE id = ?) ORDER BY seq',
+    [since],
+  );
+  return found.map((row) => String(row.id));
 }
 
 test('/events: one event per row, id = row id; CR, LF and CRLF start new data lines, no field injection', async () => {
@@ -74,20 +112,21 @@ test('/events works for an idle client: heartbeats are comments, and HEAD answer
   });
 });
 
-test('/stream.ndjson: one JSON object per line with id, content and created_at', async () => {
+test('/stream.ndjson: one JSON object per line with id, seq, content and created_at', async () => {
   await withApp(db.url, {}, async (app) => {
     const client = await openStream(new URL('/stream.ndjson', app.url));
     assert.equal(client.res.headers['content-type'], 'application/x-ndjson; charset=utf-8');
     const contents = ['a "quoted"\nline', '<b>not escaped</b>', '\u0001 control', '😀'];
     const ids = await db.insert(...contents);
     await client.waitForIds(ids);
-    const stored = await db.query<{ id: string; created_at: Date }[]>(
-      `SELECT id, created_at FROM msg WHERE id IN (${ids.join(',')}) ORDER BY id`,
+    const stored = await db.query<{ id: string; seq: string; created_at: Date }[]>(
+      `SELECT id, seq, created_at FROM msg WHERE id IN (${ids.join(',')}) ORDER BY id`,
     );
     assert.deepEqual(
       parseNdjson(client.text),
       ids.map((id, i) => ({
         id: Number(id),
+        seq: Number(stored[i]?.seq),
         content: contents[i],
         created_at: stored[i]?.created_at.toISOString(),
       })),
@@ -97,14 +136,23 @@ test('/stream.ndjson: one JSON object per line with id, content and created_at',
 });
 
 for (const path of ROUTES) {
-  test(`${path}?since=ID replays the delivered rows after ID, then continues live`, async () => {
+  test(`${path}?since=ID replays the rows after ID in seq order, no gap frame, then live`, async () => {
     await withApp(db.url, {}, async (app) => {
       const earlier = await deliver(app, 'r1', 'r2', 'r3', 'r4', 'r5');
       const client = await openStream(new URL(`${path}?since=${earlier[1]}`, app.url));
       await client.waitForIds(earlier.slice(2));
       const [live] = await db.insert('live');
       await client.waitForIds([live as string]);
-      assert.deepEqual(client.ids(), [...earlier.slice(2), live]);
+      const expected = [...earlier.slice(2), live];
+      assert.deepEqual(client.frames(), rows(expected));
+      if (path !== '/events') {
+        // HTML and NDJSON frames carry the seq, the same the table holds.
+        const seqs = await seqsOf(expected);
+        assert.deepEqual(
+          client.rows(),
+          expected.map((id, i) => ({ id, seq: seqs[i] })),
+        );
+      }
       client.close();
     });
   });
@@ -119,52 +167,95 @@ test('Last-Event-ID wins over since=; a resume from the newest id gets only live
     const [live] = await db.insert('live');
     await client.waitForIds([live as string]);
     await latest.waitForIds([live as string]);
-    assert.deepEqual(client.ids(), [earlier[2], live]);
-    assert.deepEqual(latest.ids(), [live]);
+    assert.deepEqual(client.frames(), rows([earlier[2], live]));
+    assert.deepEqual(latest.frames(), rows([live]));
     client.close();
     latest.close();
   });
 });
 
-test('a resume further back than REPLAY_LIMIT gets the newest REPLAY_LIMIT rows, and a log line', async () => {
+for (const path of ROUTES) {
+  test(`${path}: a resume further back than REPLAY_LIMIT gets a gap frame (limit), then the newest rows`, async () => {
+    await withApp(db.url, { REPLAY_LIMIT: '3' }, async (app) => {
+      // Four rows after the one resumed from: one more than REPLAY_LIMIT.
+      const earlier = await deliver(app, 'from', '1', '2', '3', '4');
+      const since = earlier[0] as string;
+      const client = await openStream(new URL(`${path}?since=${since}`, app.url));
+      await client.waitForIds(earlier.slice(2));
+      const [live] = await db.insert('live');
+      await client.waitForIds([live as string]);
+      assert.deepEqual(client.frames(), [
+        gap(since, 'limit'),
+        ...rows([...earlier.slice(2), live]),
+      ]);
+      const replay = await app.logs.waitFor('stream.replay');
+      const [firstSeq, lastSeq] = await seqsOf([earlier[2], earlier[4]]);
+      assert.equal(replay.level, 'info', 'a gap is logged at info');
+      assert.deepEqual(
+        [replay.since, replay.rows, replay.firstSeq, replay.lastSeq, replay.gap, replay.streams],
+        [since, 3, firstSeq, lastSeq, 'limit', 1],
+      );
+      client.close();
+    });
+  });
+}
+
+test('a resume of exactly REPLAY_LIMIT rows gets them all, with no gap frame', async () => {
   await withApp(db.url, { REPLAY_LIMIT: '3' }, async (app) => {
-    const earlier = await deliver(app, '1', '2', '3', '4', '5', '6');
-    // One resume from an id that is no row (the rows above it), one from a delivered row.
-    const since = String(BigInt(earlier[0] as string) - 1n);
-    const client = await openStream(new URL(`/events?since=${since}`, app.url));
-    const fromRow = await openStream(new URL(`/stream?since=${earlier[0]}`, app.url));
-    await client.waitForIds(earlier.slice(3));
-    await fromRow.waitForIds(earlier.slice(3));
-    const [live] = await db.insert('live');
-    await client.waitForIds([live as string]);
-    await fromRow.waitForIds([live as string]);
-    assert.deepEqual(client.ids(), [...earlier.slice(3), live]);
-    assert.deepEqual(fromRow.ids(), [...earlier.slice(3), live]);
-    fromRow.close();
-    const replay = await app.logs.waitFor('stream.replay');
-    assert.equal(replay.more, true);
-    assert.equal(replay.level, 'info');
-    client.close();
+    const earlier = await deliver(app, 'from', 'x', 'y', 'z');
+    const since = earlier[0] as string;
+    const clients = await Promise.all(
+      ROUTES.map((path) => openStream(new URL(`${path}?since=${since}`, app.url))),
+    );
+    for (const client of clients) {
+      await client.waitForIds(earlier.slice(1));
+      assert.deepEqual(client.frames(), rows(earlier.slice(1)));
+    }
+    const replays = await waitUntil(() => {
+      const found = app.logs.events('stream.replay');
+      return found.reduce((sum, entry) => sum + Number(entry.streams), 0) === 3 && found;
+    }, 'the replays of 3 streams logged');
+    for (const replay of replays) {
+      assert.equal(replay.level, 'debug');
+      assert.equal(replay.gap, null);
+      assert.equal(replay.rows, 3);
+    }
+    for (const client of clients) client.close();
   });
 });
 
-test('a resume of exactly REPLAY_LIMIT rows gets them all and says nothing was left out', async () => {
-  await withApp(db.url, { REPLAY_LIMIT: '3' }, async (app) => {
-    const earlier = await deliver(app, 'x', 'y', 'z');
-    const since = String(BigInt(earlier[0] as string) - 1n);
-    const client = await openStream(new URL(`/events?since=${since}`, app.url));
-    await client.waitForIds(earlier);
-    assert.deepEqual(client.ids(), earlier);
-    const replay = await app.logs.waitFor('stream.replay');
-    assert.equal(replay.more, false);
-    assert.equal(replay.level, 'debug');
-    client.close();
+for (const path of ROUTES) {
+  test(`${path}: a resume from a deleted row gets a gap frame (unknown), then the rows after it`, async () => {
+    await withApp(db.url, {}, async (app) => {
+      const [, b, c, d, e] = await deliver(app, 'a', 'b', 'c', 'd', 'e');
+      // Delivered, then deleted: b (rows follow it) and e (the newest: none follows it).
+      await db.query('DELETE FROM msg WHERE id IN (?, ?)', [b, e]);
+      const deleted = await openStream(new URL(`${path}?since=${b}`, app.url));
+      const exact = await openStream(new URL(`${path}?since=${c}`, app.url));
+      const newest = await openStream(new URL(`${path}?since=${e}`, app.url));
+      const [live] = await db.insert('live');
+      for (const client of [deleted, exact, newest]) await client.waitForIds([live as string]);
+      assert.deepEqual(deleted.frames(), [gap(b, 'unknown'), ...rows([c, d, live])]);
+      assert.deepEqual(exact.frames(), rows([d, live]), 'an exact resume has no gap frame');
+      assert.deepEqual(newest.frames(), [gap(e, 'unknown'), ...rows([live])]);
+      const replays = app.logs.events('stream.replay');
+      const bySince = new Map(replays.map((entry) => [entry.since, entry]));
+      assert.deepEqual(
+        [b, c, e].map((since) => [bySince.get(since)?.gap, bySince.get(since)?.level]),
+        [
+          ['unknown', 'info'],
+          [null, 'debug'],
+          ['unknown', 'info'],
+        ],
+      );
+      for (const client of [deleted, exact, newest]) client.close();
+    });
   });
-});
+}
 
 test('a row whose transaction commits late is replayed in delivery order: no gap, no duplicate', async () => {
   await withApp(db.url, {}, async (app) => {
-    const watcher = await openStream(new URL('/events', app.url));
+    const watcher = await openStream(new URL('/stream.ndjson', app.url));
     const writer = await mysql.createConnection({ ...connectionOptions(), database: db.name });
     try {
       await writer.beginTransaction();
@@ -172,13 +263,18 @@ test('a row whose transaction commits late is replayed in delivery order: no gap
         "INSERT INTO msg (content) VALUES ('late')",
       );
       const late = String(result.insertId);
-      // A larger id, committed (and delivered) before the smaller one.
+      // A larger id, committed (and claimed) before the smaller one: the seq order is not the
+      // id order.
       const [early] = (await db.insert('early')) as [string];
       await watcher.waitForIds([early]);
       await writer.commit();
       await watcher.waitForIds([late]);
-      await db.waitMarked([early, late]);
-      assert.deepEqual(watcher.ids(), [early, late]);
+      const [earlySeq, lateSeq] = await seqsOf([early, late]);
+      assert.deepEqual(watcher.rows(), [
+        { id: early, seq: earlySeq },
+        { id: late, seq: lateSeq },
+      ]);
+      assert.ok(BigInt(late) < BigInt(early) && Number(lateSeq) > Number(earlySeq));
 
       // One client went away after `early`, one after `late` (the last row it saw).
       const away = await openStream(new URL('/events', app.url), { 'Last-Event-ID': early });
@@ -186,8 +282,8 @@ test('a row whose transaction commits late is replayed in delivery order: no gap
       const [live] = (await db.insert('live')) as [string];
       await away.waitForIds([live]);
       await caughtUp.waitForIds([live]);
-      assert.deepEqual(away.ids(), [late, live]);
-      assert.deepEqual(caughtUp.ids(), [live]);
+      assert.deepEqual(away.frames(), rows([late, live]));
+      assert.deepEqual(caughtUp.frames(), rows([live]));
       away.close();
       caughtUp.close();
     } finally {
@@ -243,42 +339,13 @@ test('streams resuming while ticks run get every row exactly once, in order', {
     const last = inserted[inserted.length - 1] as string;
     for (const { since, client } of resumed) {
       await client.waitForIds([last]);
+      // One writer, one row per statement: seq order is id order here.
       const expected = inserted.filter((id) => BigInt(id) > BigInt(since));
-      assert.deepEqual(client.ids(), expected, `resumed after ${since}`);
+      assert.deepEqual(client.frames(), rows(expected), `resumed after ${since}`);
       client.close();
     }
     assert.ok(resumed.length >= 30);
     watcher.close();
-  });
-});
-
-test('rows written but not yet marked (the mark fails) are replayed, and never sent twice', {
-  timeout: 60_000,
-}, async () => {
-  await withoutUpdate(db, db.url, async (url, user) => {
-    // A one-minute interval: the test runs every tick after the first itself, with pollOnce.
-    await withApp(url, { POLL_INTERVAL_MS: '60000' }, async (app) => {
-      await app.app.poller.pollOnce();
-      const live = await openStream(new URL('/events', app.url));
-      const sent = await db.insert('unmarked 1', 'unmarked 2');
-      await assert.rejects(app.app.poller.pollOnce(), { code: 'ER_TABLEACCESS_DENIED_ERROR' });
-      await live.waitForIds(sent);
-      const flags = await db.flags();
-      for (const id of sent) assert.equal(flags.get(id), 0, `row ${id} still unmarked`);
-
-      const since = String(BigInt(sent[0] as string) - 1n);
-      const resumed = await openStream(new URL(`/events?since=${since}`, app.url));
-      await resumed.waitForIds(sent);
-      await db.query(`GRANT UPDATE ON \`${db.name}\`.\`msg\` TO ?@'%'`, [user]);
-      const [fresh] = await db.insert('after the mark');
-      await app.app.poller.pollOnce();
-      await resumed.waitForIds([fresh as string]);
-      await live.waitForIds([fresh as string]);
-      assert.deepEqual(resumed.ids(), [...sent, fresh]);
-      assert.deepEqual(live.ids(), [...sent, fresh]);
-      resumed.close();
-      live.close();
-    });
   });
 });
 
@@ -288,6 +355,9 @@ test('a resume that cannot read the database ends the stream (the client retries
   await withDbProxy(async (proxy) => {
     await withApp(proxy.url(db.name), { HEARTBEAT_MS: '200' }, async (app) => {
       const live = await openStream(new URL('/events', app.url));
+      // Cut after the first tick: before it, a replay waits for the cursor (until the database
+      // answers) rather than failing.
+      await app.app.tailer.started;
       proxy.cut();
       const resumed = await openStream(new URL('/events?since=0', app.url));
       await resumed.ended;
@@ -311,7 +381,6 @@ test('with WORKERS=2 streams resume on every worker, with no gap and no duplicat
     const watcher = await openStream(new URL('/events', cluster.url));
     const earlier = await db.insert('c1', 'c2', 'c3');
     await watcher.waitForIds(earlier);
-    await db.waitMarked(earlier);
     const clients = await Promise.all(
       Array.from({ length: 6 }, (_, i) =>
         openStream(new URL(`${ROUTES[i % 3]}?since=${earlier[0]}`, cluster.url)),
@@ -324,7 +393,7 @@ test('with WORKERS=2 streams resume on every worker, with no gap and no duplicat
     const [live] = await db.insert('c4');
     for (const client of clients) {
       await client.waitForIds([live as string]);
-      assert.deepEqual(client.ids(), [earlier[1], earlier[2], live]);
+      assert.deepEqual(client.frames(), rows([earlier[1], earlier[2], live]));
       client.close();
     }
     const pids = new Set(cluster.logs.events('stream.open').map((entry) => entry.pid));
@@ -332,5 +401,102 @@ test('with WORKERS=2 streams resume on every worker, with no gap and no duplicat
     watcher.close();
   } finally {
     await cluster.close();
+  }
+});
+
+test('a resume on an instance that has not tailed the row yet gets no row twice', async () => {
+  // docs/delivery.md 3, across instances: the client saw rows on one instance and reconnects to
+  // another whose tail is behind (its ticks are a minute apart; the test runs them).
+  await withApp(db.url, {}, async (ahead) => {
+    await withApp(db.url, { POLL_INTERVAL_MS: '60000' }, async (behind) => {
+      await behind.app.tailer.started;
+      const watcher = await openStream(new URL('/stream.ndjson', ahead.url));
+      const seen = await db.insert('s1', 's2', 's3');
+      await watcher.waitForIds(seen);
+      const last = seen[seen.length - 1] as string;
+      const [lastSeq] = await seqsOf([last]);
+      assert.ok((behind.app.tailer.cursor ?? 0) < Number(lastSeq), 'one instance is behind');
+      const resumed = await openStream(new URL(`/stream.ndjson?since=${last}`, behind.url));
+      const from = await openStream(new URL(`/events?since=${seen[0]}`, behind.url));
+      await waitUntil(
+        () => behind.logs.events('stream.replay').length === 2,
+        'both replays on the instance behind',
+      );
+      const [live] = (await db.insert('live')) as [string];
+      await db.waitMarked([live]);
+      await behind.app.tailer.pollOnce();
+      await resumed.waitForIds([live]);
+      await from.waitForIds([live]);
+      assert.deepEqual(resumed.frames(), rows([live]));
+      assert.deepEqual(from.frames(), rows([...seen.slice(1), live]));
+      for (const client of [watcher, resumed, from]) client.close();
+    });
+  });
+});
+
+test('after a restart, a resume with the last id gets exactly the rows it missed, in seq order', {
+  timeout: 60_000,
+}, async () => {
+  // docs/delivery.md 3: the replay comes from the table, not from the memory of the server that
+  // delivered the rows, so it is exact across a restart of the only instance.
+  const writer = await mysql.createConnection({ ...connectionOptions(), database: db.name });
+  try {
+    const first = await startApp(db.url);
+    let seen: string[];
+    let late: string;
+    try {
+      const client = await openStream(new URL('/stream.ndjson', first.url));
+      seen = await db.insert('seen 1', 'seen 2', 'seen 3');
+      await client.waitForIds(seen);
+      assert.deepEqual(client.frames(), rows(seen));
+      // A transaction open across the restart: its row has a smaller id than the rows inserted
+      // while the server is down, and commits after the new server has claimed those.
+      await writer.beginTransaction();
+      const [result] = await writer.query<ResultSetHeader>(
+        "INSERT INTO msg (content) VALUES ('late')",
+      );
+      late = String(result.insertId);
+      client.close();
+    } finally {
+      await first.close();
+    }
+    const down = await db.insert('down 1', 'down 2', 'down 3');
+    const last = seen[seen.length - 1] as string;
+
+    await withApp(db.url, {}, async (app) => {
+      // One client resumes at once: it gets the rows from the table and the live ones after.
+      const early = await openStream(new URL(`/stream.ndjson?since=${last}`, app.url));
+      await early.waitForIds(down);
+      await writer.commit();
+      await early.waitForIds([late]);
+      const [lateSeq] = await seqsOf([late]);
+      await waitUntil(
+        () => (app.app.tailer.cursor ?? 0) >= Number(lateSeq),
+        'the new server has tailed the late row',
+      );
+      // Two resume once everything is in the table: one with the last id seen, one further back.
+      const later = await openStream(new URL(`/events?since=${last}`, app.url));
+      const back = await openStream(new URL(`/stream?since=${seen[0]}`, app.url));
+      const [live] = (await db.insert('live')) as [string];
+      for (const client of [early, later, back]) await client.waitForIds([live]);
+
+      // Exactly what the table holds after the last row seen, in seq order: the late row, with
+      // the smallest id of them, last.
+      const missed = await idsAfter(last);
+      assert.deepEqual(missed, [...down, late, live]);
+      assert.ok(BigInt(late) < BigInt(down[0] as string));
+      assert.deepEqual(early.frames(), rows(missed));
+      assert.deepEqual(later.frames(), rows(missed));
+      assert.deepEqual(back.frames(), rows([...seen.slice(1), ...missed]));
+      const seqs = early.rows().map((row) => row.seq);
+      assert.deepEqual(seqs, await seqsOf(missed), 'each with its seq, ascending');
+      assert.deepEqual(
+        seqs,
+        [...seqs].sort((x, y) => x - y),
+      );
+      for (const client of [early, later, back]) client.close();
+    });
+  } finally {
+    await writer.end();
   }
 });

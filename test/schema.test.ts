@@ -1,15 +1,25 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
 import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import mysql from 'mysql2/promise';
 import { startApp } from './helpers/app.js';
-import { createTestDb, type TestDb } from './helpers/db.js';
+import { connectionOptions, createTestDb, type TestDb } from './helpers/db.js';
 import { type DbProxy, startDbProxy } from './helpers/proxy.js';
 import { openStream, type StreamClient } from './helpers/stream.js';
 import { createUnstartedApp, tcpSockets, waitForSockets } from './helpers/unstarted.js';
+import { waitUntil } from './helpers/wait.js';
 
-// The table at start (DESIGN.md "Schema"): created when missing, refused with a clear error when it
-// cannot work, refused at once when the database turns us away, read as UTF-8 whatever its charset.
+// The table at start: created when missing, migrated to the delivery order (seq, docs/delivery.md
+// 1) when it is rowcast v1's or a PHP loop's, refused with the statements to run when the user may
+// not migrate it, refused with a clear error when it cannot work, refused at once when the database
+// turns us away, read as UTF-8 whatever its charset.
+
+const MAIN = fileURLToPath(new URL('../src/main.js', import.meta.url));
 
 let db: TestDb;
 let proxy: DbProxy;
@@ -32,13 +42,95 @@ interface Column {
   nullable: string;
 }
 
-async function columnsOf(table: string): Promise<Column[]> {
-  return db.query<Column[]>(
+async function columnsOf(table: string, of: TestDb = db): Promise<Column[]> {
+  return of.query<Column[]>(
     `SELECT COLUMN_NAME AS name, COLUMN_TYPE AS type, IS_NULLABLE AS nullable
        FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?
       ORDER BY ORDINAL_POSITION`,
+    [of.name, table],
+  );
+}
+
+/** Every index of `table`: name, column (one entry per column, in order) and uniqueness. */
+async function keysOf(table: string): Promise<{ key: string; col: string; unique: boolean }[]> {
+  const keys = await db.query<{ key: string; col: string; nonUnique: unknown }[]>(
+    `SELECT INDEX_NAME AS \`key\`, COLUMN_NAME AS col, NON_UNIQUE AS nonUnique
+       FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?
+      ORDER BY INDEX_NAME, SEQ_IN_INDEX`,
     [db.name, table],
   );
+  return keys.map(({ key, col, nonUnique }) => ({ key, col, unique: Number(nonUnique) === 0 }));
+}
+
+async function tablesNamed(table: string): Promise<number> {
+  const found = await db.query<unknown[]>(
+    'SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?',
+    [db.name, table],
+  );
+  return found.length;
+}
+
+/** The counter rows of rowcast_state, by table name. */
+async function counters(): Promise<{ tbl: string; next_seq: number }[]> {
+  const rows = await db.query<{ tbl: string; next_seq: unknown }[]>(
+    'SELECT tbl, next_seq FROM rowcast_state ORDER BY tbl',
+  );
+  return rows.map((row) => ({ tbl: row.tbl, next_seq: Number(row.next_seq) }));
+}
+
+/** id, flag and seq of every row of `table`, rows without a seq first, then in seq order. */
+async function rowsOf(table: string): Promise<{ id: string; flag: number; seq: number | null }[]> {
+  const rows = await db.query<{ id: unknown; flag: unknown; seq: unknown }[]>(
+    `SELECT id, flag, seq FROM \`${table}\` ORDER BY seq, id`,
+  );
+  return rows.map((row) => ({
+    id: String(row.id),
+    flag: Number(row.flag),
+    seq: row.seq === null ? null : Number(row.seq),
+  }));
+}
+
+async function insertInto(table: string, ...contents: string[]): Promise<string[]> {
+  const result = await db.query<{ insertId: number }>(
+    `INSERT INTO \`${table}\` (content) VALUES ?`,
+    [contents.map((content) => [content])],
+  );
+  return contents.map((_, i) => String(result.insertId + i));
+}
+
+/** The id and seq of each `<div class="msg">` of an HTML stream body. */
+function seqsOf(text: string): { id: string; seq: number }[] {
+  return [...text.matchAll(/<div class="msg" data-id="(\d+)" data-seq="(\d+)">/g)].map((m) => ({
+    id: m[1] as string,
+    seq: Number(m[2]),
+  }));
+}
+
+function sqlFile(name: string): string {
+  return readFileSync(new URL(`../../sql/${name}`, import.meta.url), 'utf8');
+}
+
+/** Runs one of the files in sql/ against `database`, as `mariadb database < sql/name` would. */
+async function runSqlFile(database: string, name: string): Promise<void> {
+  const conn = await mysql.createConnection({
+    ...connectionOptions(),
+    database,
+    multipleStatements: true,
+  });
+  try {
+    await conn.query(sqlFile(name));
+  } finally {
+    await conn.end();
+  }
+}
+
+/** Statements as an operator compares them: comments, line breaks and identifier quotes aside. */
+function statementsOf(sql: string): string[] {
+  return sql
+    .replace(/--[^\n]*/g, '')
+    .split(';')
+    .map((statement) => statement.replace(/`/g, '').replace(/\s+/g, ' ').trim())
+    .filter((statement) => statement !== '');
 }
 
 /** A port nothing listens on right now. */
@@ -69,7 +161,7 @@ async function startError(start: Promise<unknown>): Promise<Error & { code?: unk
   );
 }
 
-test('a missing table is created with the columns and key of sql/schema.sql, then streamed', async () => {
+test('a missing table is created as sql/schema.sql makes it, with its counter row, then streamed', async () => {
   const app = await startApp(db.url, { MSG_TABLE: 'fresh_table' });
   let client: StreamClient | undefined;
   try {
@@ -78,16 +170,26 @@ test('a missing table is created with the columns and key of sql/schema.sql, the
       { name: 'content', type: 'mediumtext', nullable: 'NO' },
       { name: 'flag', type: 'tinyint(4)', nullable: 'NO' },
       { name: 'created_at', type: 'timestamp(3)', nullable: 'NO' },
+      { name: 'seq', type: 'bigint(20) unsigned', nullable: 'YES' },
     ]);
-    const keys = await db.query<{ key: string; col: string }[]>(
-      `SELECT INDEX_NAME AS \`key\`, COLUMN_NAME AS col FROM information_schema.STATISTICS
-        WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'fresh_table' ORDER BY INDEX_NAME, SEQ_IN_INDEX`,
-      [db.name],
-    );
-    assert.deepEqual(keys, [
-      { key: 'flag_id', col: 'flag' },
-      { key: 'flag_id', col: 'id' },
-      { key: 'PRIMARY', col: 'id' },
+    assert.deepEqual(await keysOf('fresh_table'), [
+      { key: 'flag_id', col: 'flag', unique: false },
+      { key: 'flag_id', col: 'id', unique: false },
+      { key: 'PRIMARY', col: 'id', unique: true },
+      { key: 'seq', col: 'seq', unique: true },
+    ]);
+    assert.deepEqual(await counters(), [{ tbl: 'fresh_table', next_seq: 1 }]);
+    const [created] = app.logs.events('schema.created');
+    assert.equal(created?.table, 'fresh_table');
+    assert.equal(app.logs.events('schema.migrated').length, 0);
+
+    // The very statements of sql/schema.sql, run by hand, make the same table.
+    await runSqlFile(db.name, 'schema.sql');
+    assert.deepEqual(await columnsOf('msg'), await columnsOf('fresh_table'));
+    assert.deepEqual(await keysOf('msg'), await keysOf('fresh_table'));
+    assert.deepEqual(await counters(), [
+      { tbl: 'fresh_table', next_seq: 1 },
+      { tbl: 'msg', next_seq: 1 },
     ]);
 
     client = await openStream(app.streamUrl);
@@ -98,8 +200,107 @@ test('a missing table is created with the columns and key of sql/schema.sql, the
     const id = String(result.insertId);
     await client.waitForIds([id]);
     assert.deepEqual(client.messages(), [{ id, html: 'into a fresh table' }]);
+    assert.deepEqual(seqsOf(client.text), [{ id, seq: 1 }]);
+    assert.deepEqual(await rowsOf('fresh_table'), [{ id, flag: 1, seq: 1 }]);
+    assert.deepEqual((await counters())[0], { tbl: 'fresh_table', next_seq: 2 });
   } finally {
     client?.close();
+    await app.close();
+  }
+});
+
+test('a PHP-loop table (id, content, flag) is migrated at start; only its pending rows are sent', async () => {
+  // The classic table of a PHP polling loop: rows it delivered have flag = 1, no seq, no created_at.
+  await db.query(`CREATE TABLE php_loop (
+    id INT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    content TEXT NOT NULL,
+    flag TINYINT NOT NULL DEFAULT 0)`);
+  const contents = ['old 1', 'old 2', 'pending 1', 'old 3', 'pending 2'];
+  const result = await db.query<{ insertId: number }>(
+    'INSERT INTO php_loop (content, flag) VALUES ?',
+    [contents.map((content) => [content, content.startsWith('old') ? 1 : 0])],
+  );
+  const [old1, old2, pending1, old3, pending2] = contents.map((_, i) =>
+    String(result.insertId + i),
+  ) as [string, string, string, string, string];
+  const hadState = (await tablesNamed('rowcast_state')) > 0;
+  const queriesBefore = proxy.queries.length;
+
+  let app = await startApp(proxy.url(db.name), { MSG_TABLE: 'php_loop' });
+  let client: StreamClient | undefined;
+  try {
+    const migrated = app.logs.events('schema.migrated');
+    assert.equal(migrated.length, 1);
+    assert.equal(migrated[0]?.table, 'php_loop');
+    const statements = migrated[0]?.statements as string[];
+    assert.equal(
+      statements[0],
+      'ALTER TABLE `php_loop` ADD COLUMN seq BIGINT UNSIGNED NULL DEFAULT NULL, ' +
+        'ADD UNIQUE KEY seq (seq),\n  ALGORITHM = INPLACE, LOCK = NONE',
+    );
+    if (!hadState)
+      assert.match(statements[1] ?? '', /^CREATE TABLE IF NOT EXISTS rowcast_state \(/);
+    assert.equal(
+      statements.at(-1),
+      "INSERT IGNORE INTO rowcast_state (tbl, next_seq) SELECT 'php_loop', COALESCE(MAX(seq), 0) + 1 FROM `php_loop`",
+    );
+    assert.equal(statements.length, hadState ? 2 : 3);
+    // What the log says ran is what went to the database.
+    const sent = proxy.queries.slice(queriesBefore);
+    for (const statement of statements) assert.ok(sent.includes(statement), statement);
+
+    assert.deepEqual((await columnsOf('php_loop')).at(-1), {
+      name: 'seq',
+      type: 'bigint(20) unsigned',
+      nullable: 'YES',
+    });
+    assert.deepEqual(
+      (await keysOf('php_loop')).filter((key) => key.col === 'seq'),
+      [{ key: 'seq', col: 'seq', unique: true }],
+    );
+
+    // docs/delivery.md 1: the pending rows are claimed in id order; the delivered ones keep seq NULL.
+    const claimed = [
+      { id: pending1, flag: 1, seq: 1 },
+      { id: pending2, flag: 1, seq: 2 },
+    ];
+    const unsent = [old1, old2, old3].map((id) => ({ id, flag: 1, seq: null }));
+    await waitUntil(
+      async () => (await rowsOf('php_loop')).every((row) => row.flag === 1),
+      'the pending rows claimed',
+    );
+    assert.deepEqual(await rowsOf('php_loop'), [...unsent, ...claimed]);
+
+    // A client asking for everything (since=0, a row that never was) gets the claimed rows only,
+    // after a gap frame, then the live ones.
+    client = await openStream(new URL('/stream?since=0', app.url));
+    await client.waitForIds([pending1, pending2]);
+    const [later] = (await insertInto('php_loop', 'after the migration')) as [string];
+    await client.waitForIds([later]);
+    assert.deepEqual(client.gaps(), [{ since: '0', reason: 'unknown' }]);
+    assert.deepEqual(client.messages(), [
+      { id: pending1, html: 'pending 1' },
+      { id: pending2, html: 'pending 2' },
+      { id: later, html: 'after the migration' },
+    ]);
+  } finally {
+    client?.close();
+    await app.close();
+  }
+
+  // A second start finds nothing to do: no DDL, no counter row, the rows as they were.
+  const before = await rowsOf('php_loop');
+  const queriesAgain = proxy.queries.length;
+  app = await startApp(proxy.url(db.name), { MSG_TABLE: 'php_loop' });
+  try {
+    assert.equal(app.logs.events('schema.migrated').length, 0);
+    assert.equal(app.logs.events('schema.created').length, 0);
+    const ddl = proxy.queries
+      .slice(queriesAgain)
+      .filter((sql) => /^\s*(ALTER|CREATE|INSERT)\b/i.test(sql));
+    assert.deepEqual(ddl, []);
+    assert.deepEqual(await rowsOf('php_loop'), before);
+  } finally {
     await app.close();
   }
 });
@@ -137,7 +338,7 @@ for (const { table, missing, ddl } of INCOMPLETE_TABLES) {
       // Not retried, never polled, never listening, and the table left as it was.
       assert.equal(logs.events('db.unreachable').length, 0);
       assert.equal(logs.events('server.listening').length, 0);
-      const poll = app.poller.health();
+      const poll = app.tailer.health();
       assert.equal(poll.state, 'starting');
       assert.equal(poll.lastOkAt, null);
       assert.equal(
@@ -152,6 +353,124 @@ for (const { table, missing, ddl } of INCOMPLETE_TABLES) {
     }
   });
 }
+
+/**
+ * Runs `body` with a DATABASE_URL for `of` of a user of its own that may only SELECT, INSERT and
+ * UPDATE there (enough to stream, not to ALTER or CREATE); the user is dropped afterwards.
+ */
+async function withoutDdl(of: TestDb, body: (url: string) => Promise<void>): Promise<void> {
+  const user = `rowcast_noddl_${process.pid}`;
+  const password = `pw-${process.pid}`;
+  await of.query(`DROP USER IF EXISTS ?@'%'`, [user]);
+  await of.query(`CREATE USER ?@'%' IDENTIFIED BY ?`, [user, password]);
+  try {
+    await of.query(`GRANT SELECT, INSERT, UPDATE ON \`${of.name}\`.* TO ?@'%'`, [user]);
+    const url = new URL(of.url);
+    url.username = user;
+    url.password = password;
+    await body(url.href);
+  } finally {
+    await of.query(`DROP USER IF EXISTS ?@'%'`, [user]);
+  }
+}
+
+/** `node dist/src/main.js` with `env` (as an operator runs it); resolves with its exit and stdout. */
+async function runMain(env: Record<string, string>): Promise<{ code: number | null; out: string }> {
+  const child = spawn(process.execPath, [MAIN], {
+    cwd: tmpdir(),
+    env: { PATH: process.env.PATH ?? '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+    out += chunk;
+  });
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+    out += chunk;
+  });
+  const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+  try {
+    const [code] = (await once(child, 'exit')) as [number | null];
+    return { code, out };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+test('without the ALTER privilege a v1 table stops the start, naming the statements of sql/migrate.sql', {
+  timeout: 60_000,
+}, async () => {
+  // A database of its own: the state table does not exist yet, as on a v1 installation.
+  const v1 = await createTestDb('schema_v1');
+  try {
+    // rowcast v1's table: no seq; one row it delivered, one pending.
+    await v1.query(`CREATE TABLE msg (
+      id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+      content MEDIUMTEXT NOT NULL,
+      flag TINYINT NOT NULL DEFAULT 0,
+      created_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+      KEY flag_id (flag, id)
+    ) DEFAULT CHARSET = utf8mb4`);
+    await v1.query(`INSERT INTO msg (content, flag) VALUES ('delivered by v1', 1), ('pending', 0)`);
+    const v1Columns = await columnsOf('msg', v1);
+    const expected = statementsOf(sqlFile('migrate.sql'));
+    assert.equal(expected.length, 3, 'ALTER, the state table, the counter row');
+
+    await withoutDdl(v1, async (url) => {
+      // In process: start() rejects, and nothing listens or changes.
+      const port = await freePort();
+      const { app, logs } = createUnstartedApp(url, { PORT: String(port) });
+      try {
+        const err = await startError(app.start());
+        assert.equal(err.code, 'ROWCAST_MIGRATION_REQUIRED');
+        assert.equal((err.cause as { code?: unknown }).code, 'ER_TABLEACCESS_DENIED_ERROR');
+        assert.deepEqual(statementsOf(err.message.slice(err.message.indexOf('\n'))), expected);
+        assert.equal(logs.events('db.unreachable').length, 0, 'not retried');
+        assert.equal(logs.events('server.listening').length, 0);
+        assert.equal(await connectError(port), 'ECONNREFUSED');
+      } finally {
+        await app.close();
+      }
+
+      // As an operator runs it: exit 1, and the output says what to run.
+      const { code, out } = await runMain({ DATABASE_URL: url, PORT: '0' });
+      assert.equal(code, 1, out);
+      assert.ok(
+        out.includes(
+          'ALTER TABLE `msg` ADD COLUMN seq BIGINT UNSIGNED NULL DEFAULT NULL, ADD UNIQUE KEY seq (seq)',
+        ),
+        out,
+      );
+      const failed = out
+        .split('\n')
+        .filter((line) => line.startsWith('{'))
+        .map((line) => JSON.parse(line) as Record<string, unknown>)
+        .find((entry) => entry.event === 'start.failed');
+      assert.equal(failed?.code, 'ROWCAST_MIGRATION_REQUIRED');
+      const msg = String(failed?.msg);
+      assert.deepEqual(statementsOf(msg.slice(msg.indexOf('\n'))), expected);
+      assert.deepEqual(await columnsOf('msg', v1), v1Columns, 'the table is left as it was');
+
+      // Once an operator ran sql/migrate.sql, the same user starts and streams the pending row.
+      await runSqlFile(v1.name, 'migrate.sql');
+      const migrated = await startApp(url);
+      const client = await openStream(new URL('/stream?since=0', migrated.url));
+      try {
+        assert.equal(migrated.logs.events('schema.migrated').length, 0);
+        await client.waitFor((text) => text.includes('>pending</div>'), 'the pending row');
+        assert.deepEqual(
+          client.messages().map((m) => m.html),
+          ['pending'],
+        );
+      } finally {
+        client.close();
+        await migrated.close();
+      }
+    });
+  } finally {
+    await v1.drop();
+  }
+});
 
 test('bad credentials or an unknown database make start() reject with ROWCAST_DB_ACCESS at once', {
   timeout: 30_000,
@@ -182,7 +501,7 @@ test('bad credentials or an unknown database make start() reject with ROWCAST_DB
       const cause = (err.cause as { code?: unknown }).code;
       assert.ok(causes.includes(String(cause)), `${what}: cause ${String(cause)}`);
       assert.equal(logs.events('db.unreachable').length, 0, `${what}: not retried`);
-      assert.equal(app.poller.health().state, 'starting', what);
+      assert.equal(app.tailer.health().state, 'starting', what);
       if (url.password !== '') assert.ok(!err.message.includes(url.password), 'no password');
     } finally {
       await app.close();

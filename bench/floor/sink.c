@@ -1,7 +1,7 @@
 /*
  * A load generator as cheap as one can be: COUNT TCP connections from LOCAL_ADDR, one epoll loop,
- * no allocation per read. It reads `data-id="ID">SENT_US<` out of whatever arrives (rowcast's
- * HTML frames, or the floor source's, which look the same) and records one (id, latency) pair per
+ * no allocation per read. It reads `data-id="ID">SENT_US<` (or `data-id="ID" data-seq="SEQ">SENT_US<`)
+ * out of whatever arrives (rowcast's HTML frames, or the floor source's, which look the same) and records one (id, latency) pair per
  * fragment, latency = now - SENT_US on CLOCK_MONOTONIC, which every process shares.
  *
  *   sink HOST PORT LOCAL_ADDR COUNT SEND_REQUEST(0|1) OUTFILE
@@ -31,7 +31,8 @@
 #include <unistd.h>
 
 #define MAX_FDS 65536
-#define CARRY 96 /* longest fragment head we parse: `data-id="` + 20 digits + `">` + 20 digits */
+#define CARRY 128 /* longest fragment head we parse: `data-id="` + 20 digits + `" data-seq="` + 20
+                    digits + `">` + 20 digits */
 #define IN_FLIGHT 300
 #define CONNECT_DEADLINE_S 120
 
@@ -91,6 +92,15 @@ static size_t scan(int fd, const char *buf, size_t len, double now) {
     size_t p = (size_t)(mark - buf) + sizeof MARK - 1;
     uint64_t id = 0, sent = 0;
     while (p < len && buf[p] >= '0' && buf[p] <= '9') id = id * 10 + (uint64_t)(buf[p++] - '0');
+    /* rowcast's fragments carry the seq after the id: skip it */
+    static const char SEQ[] = "\" data-seq=\"";
+    size_t avail = len - p < sizeof SEQ - 1 ? len - p : sizeof SEQ - 1;
+    if (avail < sizeof SEQ - 1 && memcmp(buf + p, SEQ, avail) == 0)
+      return (size_t)(mark - buf); /* the seq is cut by the read */
+    if (avail == sizeof SEQ - 1 && memcmp(buf + p, SEQ, avail) == 0) {
+      p += sizeof SEQ - 1;
+      while (p < len && buf[p] >= '0' && buf[p] <= '9') p++;
+    }
     if (p + 2 > len) return (size_t)(mark - buf);
     if (buf[p] != '"' || buf[p + 1] != '>') {
       at = p;

@@ -1,5 +1,12 @@
 import { escapeHtml } from '../escape.js';
-import { cutNote, type Row, STREAM_HEADERS, type Transport } from './transport.js';
+import {
+  cutNote,
+  type Gap,
+  gapNote,
+  type Row,
+  STREAM_HEADERS,
+  type Transport,
+} from './transport.js';
 
 // The charset goes in the header and in a <meta> of the preamble: without it Chromium decodes the
 // page as windows-1252. Newlines in content stay visible (pre-wrap); long words wrap.
@@ -11,11 +18,14 @@ const PREAMBLE = `<!doctype html>
 body{font:15px/1.45 system-ui,sans-serif;margin:0;padding:.5rem 1rem;color:#1d2430}
 .msg{white-space:pre-wrap;overflow-wrap:anywhere;padding:.3rem 0;border-bottom:1px solid #e6e8ec}
 .msg .truncated{color:#8a5a00;font-style:italic}
+.gap{color:#8a5a00;font-style:italic;padding:.3rem 0;border-bottom:1px dashed #c9a25a}
 </style></head><body>
 `;
 
 /**
- * The "forever frame": an HTML page that never ends, one `<div class="msg" data-id="ID">` per row.
+ * The "forever frame": an HTML page that never ends, one
+ * `<div class="msg" data-id="ID" data-seq="SEQ">` per row; `<div class="gap">` where a resume
+ * cannot be exact.
  * Every fragment ends with a newline so `curl -N` and line-buffered tools print it at once.
  */
 export function createHtmlTransport(options: { padBytes: number }): Transport {
@@ -26,13 +36,18 @@ export function createHtmlTransport(options: { padBytes: number }): Transport {
     heartbeat: Buffer.from('<!-- -->\n'),
     closing: Buffer.from('<!-- rowcast: server shutting down -->\n</body></html>\n'),
     frame: (batch) => Buffer.from(batch.map(fragment).join('')),
+    gap: (gap) => Buffer.from(gapFragment(gap)),
   };
 }
 
 function fragment(row: Row): string {
   const note = cutNote(row);
   const cut = note === '' ? '' : `<span class="truncated">${note}</span>`;
-  return `<div class="msg" data-id="${row.id}">${escapeHtml(row.content ?? '')}${cut}</div>\n`;
+  return `<div class="msg" data-id="${row.id}" data-seq="${row.seq}">${escapeHtml(row.content ?? '')}${cut}</div>\n`;
+}
+
+function gapFragment(gap: Gap): string {
+  return `<div class="gap" data-since="${gap.since}" data-reason="${gap.reason}">${escapeHtml(gapNote(gap))}</div>\n`;
 }
 
 /** An HTML comment of exactly `bytes` bytes (none for 0), for browsers that buffer the start. */

@@ -1,14 +1,6 @@
-/** One row as every transport sees it: already decoded, bounded and ready to frame. */
-export interface Row {
-  /** The row id as decimal digits (BIGINT UNSIGNED does not fit a JS number). */
-  readonly id: string;
-  /** The content as valid UTF-8 text; `null` when the column held NULL. */
-  readonly content: string | null;
-  /** The full size in bytes when `content` was cut to MAX_CONTENT_BYTES, else `null`. */
-  readonly truncatedFrom: number | null;
-  /** `created_at` in ms since the epoch; `null` when the table has no such column. */
-  readonly createdAt: number | null;
-}
+import type { Gap, Row } from '../core/types.js';
+
+export type { Gap, Row };
 
 /**
  * A wire format. A transport only turns rows into bytes; it never touches a socket. Each batch is
@@ -24,6 +16,8 @@ export interface Transport {
   /** Sent last when the server shuts down (may be empty). */
   readonly closing: Buffer;
   frame(batch: readonly Row[]): Buffer;
+  /** What a resume that cannot be exact gets before its rows (delivery contract 4). */
+  gap(gap: Gap): Buffer;
 }
 
 export type TransportName = 'html' | 'sse' | 'ndjson';
@@ -39,3 +33,10 @@ export const STREAM_HEADERS = {
   'X-Accel-Buffering': 'no',
   'X-Content-Type-Options': 'nosniff',
 } as const;
+
+/** What a gap frame tells a person, by reason. */
+export function gapNote(gap: Gap): string {
+  return gap.reason === 'limit'
+    ? `older rows after ${gap.since} left out (REPLAY_LIMIT)`
+    : `row ${gap.since} is not in the delivery order; rows after it by id follow, some may be missing or repeated`;
+}

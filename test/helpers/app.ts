@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream';
 import { type App, createApp, type SingleApp } from '../../src/app.js';
-import { createClusterPrimary } from '../../src/cluster.js';
+import { createClusterPrimary } from '../../src/cluster/primary.js';
 import { loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
 import { waitUntil } from './wait.js';

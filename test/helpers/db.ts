@@ -23,8 +23,8 @@ export interface TestDb {
 
 /**
  * Creates a fresh database of its own for one test file (dropped by `drop`). With `withTable`
- * the msg table of sql/schema.sql is created too, so a test may start a server as a user that
- * cannot create it.
+ * sql/schema.sql is run too (msg, rowcast_state and msg's counter row), so a test may start a
+ * server as a user that cannot create them.
  */
 export async function createTestDb(label: string, options = { withTable: false }): Promise<TestDb> {
   const name = `rowcast_t_${label}_${process.pid}`;
@@ -34,7 +34,14 @@ export async function createTestDb(label: string, options = { withTable: false }
   await admin.end();
   const conn = await mysql.createConnection({ ...connectionOptions(), database: name });
   if (options.withTable) {
-    await conn.query(readFileSync(new URL('../../../sql/schema.sql', import.meta.url), 'utf8'));
+    // sql/schema.sql is several statements: the table, the state table, its counter row.
+    const setup = await mysql.createConnection({
+      ...connectionOptions(),
+      database: name,
+      multipleStatements: true,
+    });
+    await setup.query(readFileSync(new URL('../../../sql/schema.sql', import.meta.url), 'utf8'));
+    await setup.end();
   }
   const url = new URL(SERVER_URL.href);
   url.pathname = `/${name}`;

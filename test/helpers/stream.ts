@@ -11,8 +11,14 @@ export interface StreamClient {
   readonly ended: Promise<void>;
   /** The `<div class="msg">` fragments received so far, in order. */
   messages(): Message[];
-  /** The row ids received so far, in order, whatever the stream's format. */
+  /** The row ids received so far, in order, whatever the stream's format (gap frames left out). */
   ids(): string[];
+  /** The row and gap frames received so far, in order, whatever the stream's format. */
+  frames(): Frame[];
+  /** The gap frames received so far. */
+  gaps(): GapFrame['gap'][];
+  /** The rows received so far with their seq (HTML and NDJSON only: SSE frames carry no seq). */
+  rows(): { id: string; seq: number }[];
   /** Waits until `predicate(text)` holds. */
   waitFor(predicate: (text: string) => boolean, what: string, timeoutMs?: number): Promise<void>;
   /** Waits until the fragments with these ids have all arrived. */
@@ -27,7 +33,7 @@ export interface Message {
 }
 
 /** One `<div class="msg">` fragment: id and inner HTML. */
-export const FRAGMENT = /<div class="msg" data-id="(\d+)">([\s\S]*?)<\/div>\n/g;
+export const FRAGMENT = /<div class="msg" data-id="(\d+)" data-seq="\d+">([\s\S]*?)<\/div>\n/g;
 
 export function parseMessages(text: string): Message[] {
   return [...text.matchAll(FRAGMENT)].map((m) => ({ id: m[1] as string, html: m[2] as string }));
@@ -35,6 +41,8 @@ export function parseMessages(text: string): Message[] {
 
 export interface SseEvent {
   readonly id: string | undefined;
+  /** The `event:` field, present only when the event has one (a gap); rows have none. */
+  readonly event?: string;
   readonly data: string;
 }
 
@@ -45,6 +53,7 @@ export function parseSse(text: string): SseEvent[] {
   blocks.pop(); // not terminated yet
   for (const block of blocks) {
     let id: string | undefined;
+    let event: string | undefined;
     const data: string[] = [];
     for (const line of block.split(/\r\n|\r|\n/)) {
       if (line === '' || line.startsWith(':')) continue;
@@ -52,9 +61,13 @@ export function parseSse(text: string): SseEvent[] {
       const field = colon === -1 ? line : line.slice(0, colon);
       const value = colon === -1 ? '' : line.slice(colon + 1).replace(/^ /, '');
       if (field === 'id') id = value;
+      if (field === 'event') event = value;
       if (field === 'data') data.push(value);
     }
-    if (data.length > 0) events.push({ id, data: data.join('\n') });
+    if (data.length === 0) continue;
+    events.push(
+      event === undefined ? { id, data: data.join('\n') } : { id, event, data: data.join('\n') },
+    );
   }
   return events;
 }
@@ -66,10 +79,90 @@ export function parseNdjson(text: string): Record<string, unknown>[] {
   return lines.filter((line) => line !== '').map((line) => JSON.parse(line));
 }
 
-/** Row ids in a body of the given content type. */
+/** A row frame: its id. */
+export interface RowFrame {
+  readonly id: string;
+}
+
+/** A gap frame (docs/delivery.md 4): the row id the stream resumed from, and why it is not exact. */
+export interface GapFrame {
+  readonly gap: { readonly since: string; readonly reason: string };
+}
+
+export type Frame = RowFrame | GapFrame;
+
+export function isGap(frame: Frame): frame is GapFrame {
+  return 'gap' in frame;
+}
+
+/**
+ * The JSON of a gap (SSE `data:`, or the NDJSON line's `gap` member): `{"since":R,"reason":"…"}`
+ * with exactly those members. `since` is read as digits, not as a (rounded) number.
+ */
+function gapOf(json: string): GapFrame {
+  const parsed = JSON.parse(json) as Record<string, unknown>;
+  const since = /^\{"since":(\d+),/.exec(json)?.[1];
+  if (
+    since === undefined ||
+    Object.keys(parsed).join() !== 'since,reason' ||
+    typeof parsed.reason !== 'string'
+  ) {
+    throw new Error(`not a gap: ${json}`);
+  }
+  return { gap: { since, reason: parsed.reason } };
+}
+
+// A row or a gap fragment of the HTML stream, in the order they were sent.
+const HTML_FRAME =
+  /<div class="msg" data-id="(\d+)" data-seq="(\d+)">[\s\S]*?<\/div>\n|<div class="gap" data-since="(\d+)" data-reason="([a-z]+)">[^<]*<\/div>\n/g;
+
+/**
+ * The row and gap frames of a body of the given content type, in order: SSE events (`gap` by
+ * its `event:`), NDJSON lines (`{"gap":…}`), HTML `<div class="msg">` / `<div class="gap">`.
+ */
+export function parseFrames(contentType: string, text: string): Frame[] {
+  if (contentType.startsWith('text/event-stream')) {
+    return parseSse(text).map((event) => {
+      if (event.event === undefined && event.id !== undefined) return { id: event.id };
+      // A gap has no id: line, so Last-Event-ID stays the last row's.
+      if (event.event === 'gap' && event.id === undefined) return gapOf(event.data);
+      throw new Error(`neither a row nor a gap: ${JSON.stringify(event)}`);
+    });
+  }
+  if (contentType.startsWith('application/x-ndjson')) {
+    // The same lines as parseNdjson, read as text so ids and since stay digits.
+    const lines = text.split('\n');
+    lines.pop(); // not terminated yet
+    return lines.filter((line) => line !== '').map(ndjsonFrame);
+  }
+  return [...text.matchAll(HTML_FRAME)].map((m) =>
+    m[1] !== undefined ? { id: m[1] } : { gap: { since: m[3] as string, reason: m[4] as string } },
+  );
+}
+
+function ndjsonFrame(line: string): Frame {
+  const gap = /^\{"gap":(\{.*\})\}$/.exec(line);
+  if (gap !== null) return gapOf(gap[1] as string);
+  const id = /^\{"id":(\d+),/.exec(line)?.[1];
+  if (id === undefined) throw new Error(`neither a row nor a gap: ${line}`);
+  return { id };
+}
+
+/** Rows and their seqs in an HTML or NDJSON body. */
+function rowsOf(contentType: string, text: string): { id: string; seq: number }[] {
+  if (contentType.startsWith('text/event-stream')) throw new Error('SSE frames carry no seq');
+  const pattern = contentType.startsWith('application/x-ndjson')
+    ? /^\{"id":(\d+),"seq":(\d+),/gm
+    : /<div class="msg" data-id="(\d+)" data-seq="(\d+)">/g;
+  return [...text.matchAll(pattern)].map((m) => ({ id: m[1] as string, seq: Number(m[2]) }));
+}
+
+/** Row ids in a body of the given content type (gap frames left out). */
 function idsOf(contentType: string, text: string): string[] {
   if (contentType.startsWith('text/event-stream')) {
-    return parseSse(text).map((event) => event.id as string);
+    return parseSse(text)
+      .filter((event) => event.event === undefined)
+      .map((event) => event.id as string);
   }
   if (contentType.startsWith('application/x-ndjson')) {
     // Ids are spliced in as digits: read them as digits, not as (rounded) numbers.
@@ -113,6 +206,12 @@ export async function openStream(
     ended,
     messages: () => parseMessages(read()),
     ids: () => idsOf(res.headers['content-type'] ?? '', read()),
+    frames: () => parseFrames(res.headers['content-type'] ?? '', read()),
+    gaps: () =>
+      parseFrames(res.headers['content-type'] ?? '', read())
+        .filter(isGap)
+        .map((frame) => frame.gap),
+    rows: () => rowsOf(res.headers['content-type'] ?? '', read()),
     waitFor: async (predicate, what, timeoutMs) => {
       await waitUntil(() => predicate(read()), what, timeoutMs);
     },

@@ -24,20 +24,29 @@ export function createUnstartedApp(
   return { app, config, logs };
 }
 
+/** An answer of GET /healthz or /readyz (the same body; /readyz says `ready` or `closing`). */
 export interface Health {
   readonly status: number;
   readonly body: {
     readonly status: string;
     readonly poll: string;
+    /** Since the last good tick; null before the first. */
+    readonly lastPollAgeMs: number | null;
     readonly failures: number;
-    readonly pendingMarks: number;
+    /** The tailer's cursor: the last seq handed to the streams (null before the first tick). */
+    readonly seq: number | null;
+    /** Claimed rows this instance has not tailed yet. */
+    readonly lagRows: number;
     readonly streams: number;
   };
 }
 
-/** GET /healthz on a connection of its own (no keep-alive left behind). */
-export async function getHealth(baseUrl: URL): Promise<Health> {
-  const req = http.get(new URL('/healthz', baseUrl), { agent: false });
+/** GET /healthz (or /readyz) on a connection of its own (no keep-alive left behind). */
+export async function getHealth(
+  baseUrl: URL,
+  path: '/healthz' | '/readyz' = '/healthz',
+): Promise<Health> {
+  const req = http.get(new URL(path, baseUrl), { agent: false });
   const [res] = (await once(req, 'response')) as [http.IncomingMessage];
   let body = '';
   res.setEncoding('utf8');

@@ -1,0 +1,52 @@
+import type { Replay } from '../core/types.js';
+import type { Figures } from '../metrics.js';
+import type { TailerHealth } from '../source/tailer.js';
+
+/**
+ * Every message between the cluster primary and its workers. The primary tails the table and
+ * hands each batch, framed once per transport, to every worker once; workers own the sockets.
+ */
+
+/** Primary → worker. */
+export type ToWorker =
+  /** A batch framed per transport, by transport name; `lastSeq` is the cursor after it. */
+  | { readonly t: 'batch'; readonly lastSeq: number; readonly frames: Map<string, Uint8Array> }
+  | { readonly t: 'health'; readonly tail: TailerHealth; readonly streams: number }
+  /** The outcome of a worker's request (see rpc.ts), or why it failed. */
+  | {
+      readonly t: 'answer';
+      readonly req: number;
+      readonly value?: unknown;
+      readonly error?: string;
+    }
+  /** Send your figures (for a /metrics request some worker got). */
+  | { readonly t: 'collect'; readonly req: number }
+  | { readonly t: 'close' };
+
+/** Worker → primary. */
+export type ToPrimary =
+  | { readonly t: 'ready'; readonly url: string }
+  /** Batches up to `lastSeq` are written; `written`, to how many streams (the last one). */
+  | { readonly t: 'ack'; readonly lastSeq: number; readonly written: number }
+  | { readonly t: 'streams'; readonly n: number }
+  | { readonly t: 'collected'; readonly req: number; readonly figures: Figures }
+  | Request;
+
+/** A worker's request to the primary, answered with an 'answer' of the same `req`. */
+export type Request =
+  | { readonly t: 'replay'; readonly req: number; readonly sinces: readonly string[] }
+  | { readonly t: 'publish'; readonly req: number; readonly content: string }
+  | { readonly t: 'scrape'; readonly req: number };
+
+/** The value of the answer to each request. */
+export interface Answers {
+  replay: { upto: number; replays: Map<string, Replay> };
+  publish: string;
+  scrape: string;
+}
+
+/** IPC hands Buffers over as plain Uint8Arrays; view the same memory as a Buffer. */
+export function asBuffer(bytes: Uint8Array | undefined): Buffer {
+  if (bytes === undefined) return Buffer.alloc(0);
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}

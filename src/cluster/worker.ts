@@ -1,0 +1,112 @@
+import { createStreamSide, SHUTDOWN_GRACE_MS } from '../app.js';
+import type { Config } from '../config.js';
+import type { Framed } from '../fanout/resumer.js';
+import type { Logger } from '../log.js';
+import { healthReport } from '../source/log.js';
+import type { TailerHealth } from '../source/tailer.js';
+import { asBuffer, type ToPrimary, type ToWorker } from './protocol.js';
+import { createRpc } from './rpc.js';
+
+// A worker whose /metrics request the primary does not answer gives up after this long.
+const SCRAPE_TIMEOUT_MS = 5_000;
+
+/**
+ * A worker process: the hub, the resumer and the HTTP server on the shared port. It writes what
+ * the primary sends, replays through it, and answers /healthz from its last report. Signals are
+ * the primary's business (a terminal's Ctrl-C reaches every process of the group); a worker
+ * closes when told, or when the primary is gone.
+ */
+export async function runWorker(config: Config, logger: Logger): Promise<void> {
+  let tail: TailerHealth = {
+    state: 'starting',
+    lastOkAt: null,
+    failures: 0,
+    seq: null,
+    lagRows: 0,
+    unclaimedOldestSeconds: 0,
+  };
+  let total = 0;
+  // A worker whose primary is gone is closing (see 'disconnect'): what it would send is moot.
+  const send = (message: ToPrimary) => {
+    if (process.connected) process.send?.(message);
+  };
+  const rpc = createRpc(send);
+  const side = createStreamSide(
+    config,
+    logger,
+    (sinces) => rpc.call<'replay'>((req) => ({ t: 'replay', req, sinces })),
+    {
+      health: () => healthReport(config, tail, total),
+      publish: (content) => rpc.call<'publish'>((req) => ({ t: 'publish', req, content })),
+      // The primary adds up every process's figures, this one's included.
+      scrape: () => rpc.call<'scrape'>((req) => ({ t: 'scrape', req }), SCRAPE_TIMEOUT_MS),
+    },
+  );
+  const { hub, metrics, http } = side;
+
+  // Batches that arrived together (the worker was busy writing) go out as one write per stream.
+  let arrived: Framed[] = [];
+  function flush(): void {
+    if (arrived.length === 0) return;
+    const batches = arrived;
+    arrived = [];
+    const written = side.deliver(batches);
+    send({ t: 'ack', lastSeq: (batches[batches.length - 1] as Framed).lastSeq, written });
+  }
+
+  let closing: Promise<void> | null = null;
+  const close = () => {
+    closing ??= http.close(SHUTDOWN_GRACE_MS).then(() => process.exit(0));
+    return closing;
+  };
+
+  process.on('SIGINT', () => undefined);
+  process.on('SIGTERM', () => undefined);
+  process.on('disconnect', close);
+  process.on('message', (message: ToWorker) => {
+    if (message.t === 'batch') {
+      if (arrived.length === 0) setImmediate(flush);
+      arrived.push(framedFrames(message.lastSeq, message.frames));
+      return;
+    }
+    // Messages keep their order: a replay's answer must find the batches before it written.
+    flush();
+    switch (message.t) {
+      case 'health':
+        tail = message.tail;
+        total = message.streams;
+        break;
+      case 'answer':
+        rpc.answer(message.req, message);
+        break;
+      case 'collect':
+        // One that fails sends nothing: the primary's timeout fails that /metrics request.
+        metrics.figures().then(
+          (figures) => send({ t: 'collected', req: message.req, figures }),
+          (err: unknown) =>
+            logger.warn({ event: 'metrics.failed', mod: 'cluster', err }, 'no figures to send'),
+        );
+        break;
+      case 'close':
+        void close();
+        break;
+    }
+  });
+
+  // The primary sums the stream counts for /healthz; once a second is plenty.
+  let reported = -1;
+  setInterval(() => {
+    if (hub.size !== reported) {
+      reported = hub.size;
+      send({ t: 'streams', n: reported });
+    }
+  }, 1000).unref();
+
+  const url = await http.listen();
+  send({ t: 'ready', url: url.href });
+}
+
+/** A batch the primary framed, as the fan-out writes it. */
+function framedFrames(lastSeq: number, frames: Map<string, Uint8Array>): Framed {
+  return { lastSeq, frame: (transport) => asBuffer(frames.get(transport.name)) };
+}

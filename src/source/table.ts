@@ -1,0 +1,229 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import mysql, { type PoolConnection, type ResultSetHeader } from 'mysql2/promise';
+import type { Config } from '../config.js';
+import type { Claim, Head, Row, Rows, Source } from '../core/types.js';
+import type { Logger } from '../log.js';
+import { type Position, splitReplay } from './replay.js';
+import { prepareTable } from './schema.js';
+import {
+  advanceCounterSql,
+  BATCH_MAX_BYTES,
+  claimSql,
+  headSql,
+  insertSql,
+  lockCounterSql,
+  pickSql,
+  positionsSql,
+  rowsSql,
+  seqRange,
+  type TableSql,
+} from './sql.js';
+
+// A query on a connection that stopped answering (a network black hole) would otherwise wait for
+// the kernel's TCP timeout, minutes; the tick must fail and back off instead.
+export const QUERY_TIMEOUT_MS = 10_000;
+const CONNECT_TIMEOUT_MS = 5_000;
+
+/**
+ * The streamed table as a log (delivery contract 1-3 in docs/delivery.md). `onError` hears of
+ * every statement that fails, whoever ran it (for rowcast_db_errors_total).
+ */
+export function createTableSource(
+  config: Config,
+  logger: Logger,
+  onError: () => void = () => {},
+): Source {
+  const log = logger.child({ mod: 'source' });
+  const pool = mysql.createPool({
+    host: config.db.host,
+    port: config.db.port,
+    user: config.db.user,
+    password: config.db.password,
+    database: config.db.database,
+    charset: 'utf8mb4',
+    connectTimeout: CONNECT_TIMEOUT_MS,
+    // The tick's statements, a claim, replays and publishes may overlap.
+    connectionLimit: 3,
+    maxIdle: 3,
+    enableKeepAlive: true,
+    supportBigNumbers: true,
+    bigNumberStrings: true,
+  });
+  const table = config.msgTable;
+  let shape: TableSql = { table, maxContentBytes: config.maxContentBytes, hasCreatedAt: false };
+
+  /** Runs `work` on a pooled connection; one that failed is never reused (it may be half-dead). */
+  async function withConnection<T>(work: (conn: PoolConnection) => Promise<T>): Promise<T> {
+    const conn = await pool.getConnection().catch(failed);
+    try {
+      const result = await work(conn);
+      conn.release();
+      return result;
+    } catch (err) {
+      conn.destroy();
+      return failed(err);
+    }
+  }
+  async function query<T>(conn: PoolConnection, sql: string, values: unknown[] = []) {
+    const [result] = await conn.query({ sql, values, timeout: QUERY_TIMEOUT_MS });
+    return result as T;
+  }
+  const run = <T>(sql: string, values: unknown[] = []) =>
+    withConnection((conn) => query<T>(conn, sql, values));
+  function failed(err: unknown): never {
+    onError();
+    throw err;
+  }
+
+  /** Claimed rows in seq order (see rowsSql); odd rows are logged when first tailed (`warn`). */
+  async function readRows(range: Parameters<typeof rowsSql>[1], warn: boolean): Promise<Rows> {
+    const found = await run<FoundRow[]>(rowsSql(shape, range));
+    const overLimit = found.length > range.limit;
+    if (overLimit) range.newest ? found.shift() : found.pop();
+    const upto = Math.max(0, ...found.map((raw) => Number(raw.upto)));
+    const rows = found.map(toRow);
+    if (warn) rows.forEach(warnIfOdd);
+    return { rows, more: overLimit || upto >= BATCH_MAX_BYTES };
+  }
+
+  function toRow(raw: FoundRow): Row {
+    return {
+      id: String(raw.id),
+      seq: Number(raw.seq),
+      content: raw.content === null ? null : decode(raw.content),
+      truncatedFrom: Number(raw.bytes) > shape.maxContentBytes ? Number(raw.bytes) : null,
+      createdAt: raw.created_ms === null ? null : Number(raw.created_ms),
+    };
+  }
+
+  function warnIfOdd(row: Row): void {
+    if (row.content === null) {
+      log.warn({ event: 'row.null', id: row.id }, 'row has NULL content; sent as empty');
+    } else if (row.truncatedFrom !== null) {
+      log.warn(
+        {
+          event: 'row.truncated',
+          id: row.id,
+          bytes: row.truncatedFrom,
+          limit: shape.maxContentBytes,
+        },
+        'row content over MAX_CONTENT_BYTES; sent cut',
+      );
+    }
+  }
+
+  /**
+   * One short transaction at READ COMMITTED. Nothing is read before the counter-row lock (a
+   * snapshot taken earlier would be stale), and the pick is a plain read (a locking one would take
+   * gap locks that hold up INSERTs). The UPDATE touches only the picked ids still at flag = 0; if
+   * any was claimed meanwhile (by something that bypassed the counter), the claim is undone.
+   */
+  function claim(limit: number): Promise<Claim> {
+    return withConnection(async (conn) => {
+      await query(conn, 'SET TRANSACTION ISOLATION LEVEL READ COMMITTED');
+      await query(conn, 'START TRANSACTION');
+      // On a failure the connection is destroyed (withConnection): the server rolls back.
+      const [counter] = await query<{ next_seq: unknown }[]>(conn, lockCounterSql(table));
+      if (counter === undefined) throw new Error(`no counter row for ${table} in rowcast_state`);
+      const nextSeq = Number(counter.next_seq);
+      const picked = await query<{ id: unknown; upto: unknown }[]>(conn, pickSql(shape, limit));
+      const ids = picked.slice(0, limit).map((row) => String(row.id));
+      if (ids.length === 0) {
+        await query(conn, 'COMMIT');
+        return { rows: 0, lastSeq: nextSeq - 1, more: false };
+      }
+      const seqs = seqRange(nextSeq, ids.length);
+      const result = await query<ResultSetHeader>(conn, claimSql(table, ids, seqs.first));
+      if (result.affectedRows !== ids.length) {
+        await query(conn, 'ROLLBACK');
+        log.warn(
+          { event: 'claim.conflict', picked: ids.length, changed: result.affectedRows },
+          'rows changed under the claim (flag set outside rowcast?); rolled back, retrying next tick',
+        );
+        return { rows: 0, lastSeq: nextSeq - 1, more: false };
+      }
+      await query(conn, advanceCounterSql(table, seqs.next));
+      await query(conn, 'COMMIT');
+      const bytes = Number(picked[ids.length - 1]?.upto);
+      return {
+        rows: ids.length,
+        lastSeq: seqs.next - 1,
+        more: picked.length > limit || bytes >= BATCH_MAX_BYTES,
+      };
+    });
+  }
+
+  return {
+    async prepare() {
+      const found = await prepareTable(run, table, config.db.database, log);
+      shape = { ...shape, hasCreatedAt: found.hasCreatedAt };
+    },
+
+    async head(): Promise<Head> {
+      const [row] = await run<
+        { next_seq: unknown; pending_id: unknown; pending_age_ms: unknown }[]
+      >(headSql(shape));
+      if (row === undefined || row.next_seq === null) {
+        throw new Error(`no counter row for ${table} in rowcast_state (was it deleted?)`);
+      }
+      return {
+        lastSeq: Number(row.next_seq) - 1,
+        pendingId: row.pending_id === null ? null : String(row.pending_id),
+        pendingAgeMs: row.pending_age_ms === null ? null : Number(row.pending_age_ms),
+      };
+    },
+
+    claim,
+
+    tail(after, limit) {
+      return readRows({ after, upto: null, limit, newest: false }, true);
+    },
+
+    async replay(sinces, upto, limit) {
+      if (sinces.length === 0) return new Map();
+      const found = await run<{ id: unknown; seq: unknown; next_seq: unknown }[]>(
+        positionsSql(table, sinces),
+      );
+      const positions: Position[] = found.map((raw) => ({
+        since: String(raw.id),
+        seq: raw.seq === null ? null : Number(raw.seq),
+        nextSeq: raw.next_seq === null ? null : Number(raw.next_seq),
+      }));
+      const from = Math.min(
+        ...positions.map((p) => p.seq ?? (p.nextSeq === null ? upto : p.nextSeq - 1)),
+      );
+      const read =
+        from >= upto
+          ? { rows: [], more: false }
+          : await readRows({ after: from, upto, limit, newest: true }, false);
+      return splitReplay(positions, upto, read);
+    },
+
+    async insert(content) {
+      const result = await run<ResultSetHeader>(insertSql(table), [content]);
+      return String(result.insertId);
+    },
+
+    async close() {
+      // A connection to a host that stopped answering would hold pool.end() forever.
+      await Promise.race([pool.end(), sleep(CONNECT_TIMEOUT_MS, undefined, { ref: false })]);
+    },
+  };
+}
+
+interface FoundRow {
+  readonly id: unknown;
+  readonly seq: unknown;
+  /** `created_at` in ms since the epoch, as DECIMAL text, or null. */
+  readonly created_ms: unknown;
+  readonly content: Buffer | null;
+  /** Size of the whole content in UTF-8 bytes (0 for NULL). */
+  readonly bytes: unknown;
+  /** Running total of the (cut) content sizes up to this row. */
+  readonly upto: unknown;
+}
+
+/** UTF-8 bytes to text; a sequence cut at the end is dropped, other invalid bytes become U+FFFD. */
+function decode(bytes: Buffer): string {
+  return new TextDecoder('utf-8').decode(bytes, { stream: true });
+}
