@@ -1,8 +1,8 @@
 import type { Config } from './config.js';
 import { mergeFramed } from './fanout/batches.js';
+import { createHub, type Hub } from './fanout/hub.js';
 import { createResumer, type Framed, framedRows, type ReadReplays } from './fanout/resumer.js';
-import { createServer, type ServerDeps } from './http.js';
-import { createHub, type Hub } from './hub.js';
+import { createServer, type ServerDeps } from './http/server.js';
 import type { Logger } from './log.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { createTableLog, healthReport, type TableLog } from './source/log.js';

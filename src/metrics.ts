@@ -6,7 +6,7 @@ import {
   Histogram,
   Registry,
 } from 'prom-client';
-import type { HubMetrics } from './hub.js';
+import type { HubMetrics } from './fanout/hub.js';
 import type { TailerHealth, TailerMetrics } from './source/tailer.js';
 import type { TransportName } from './transports/transport.js';
 

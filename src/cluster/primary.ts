@@ -79,23 +79,27 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
           ? table.publish(request.content)
           : scrape();
     work.then(
-      (value) => supervisor.send(entry, { t: 'answer', req: request.req, value }),
+      (value) => {
+        // The batches up to the replay's cursor must reach the worker before the replay does.
+        if (request.t === 'replay') entry.backlog.flush();
+        supervisor.send(entry, { t: 'answer', req: request.req, value });
+      },
       (err: Error) => supervisor.send(entry, { t: 'answer', req: request.req, error: err.message }),
     );
   }
 
-  /** Hands a batch to every ready worker at once; returns how many streams they last reported. */
+  /**
+   * Hands a batch to every ready worker, framed once for all: at once to an idle one, with the
+   * next message to a busy one. Returns how many streams the workers last reported.
+   */
   function deliver(batch: Batch): number {
     const frames = frameAll(transports, batch.rows);
     let bytes = 0;
     for (const frame of frames.values()) bytes += frame.length;
-    const message: ToWorker = { t: 'batch', lastSeq: batch.lastSeq, frames };
-    const now = Date.now();
     let streams = 0;
     for (const entry of supervisor.live.values()) {
       if (!entry.ready) continue;
-      entry.backlog.sent({ lastSeq: batch.lastSeq, bytes, sentAt: now });
-      supervisor.send(entry, message);
+      entry.backlog.push({ lastSeq: batch.lastSeq, frames, bytes });
       streams += entry.streams;
     }
     cutStuck();

@@ -1,6 +1,7 @@
 import type { Replay } from '../core/types.js';
 import type { Figures } from '../metrics.js';
 import type { TailerHealth } from '../source/tailer.js';
+import type { FramedBatch } from './backlog.js';
 
 /**
  * Every message between the cluster primary and its workers. The primary tails the table and
@@ -9,8 +10,11 @@ import type { TailerHealth } from '../source/tailer.js';
 
 /** Primary → worker. */
 export type ToWorker =
-  /** A batch framed per transport, by transport name; `lastSeq` is the cursor after it. */
-  | { readonly t: 'batch'; readonly lastSeq: number; readonly frames: Map<string, Uint8Array> }
+  /**
+   * Batches in seq order, each framed per transport (by transport name) with the cursor after
+   * it: one, or all that came while the worker was still writing the last message.
+   */
+  | { readonly t: 'batches'; readonly batches: readonly FramedBatch[] }
   | { readonly t: 'health'; readonly tail: TailerHealth; readonly streams: number }
   /** The outcome of a worker's request (see rpc.ts), or why it failed. */
   | {
@@ -26,7 +30,7 @@ export type ToWorker =
 /** Worker → primary. */
 export type ToPrimary =
   | { readonly t: 'ready'; readonly url: string }
-  /** Batches up to `lastSeq` are written; `written`, to how many streams (the last one). */
+  /** The batches up to `lastSeq` are written; `written`, to how many streams. */
   | { readonly t: 'ack'; readonly lastSeq: number; readonly written: number }
   | { readonly t: 'streams'; readonly n: number }
   | { readonly t: 'collected'; readonly req: number; readonly figures: Figures }

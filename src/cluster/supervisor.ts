@@ -11,7 +11,7 @@ export interface WorkerEntry {
   ready: boolean;
   streams: number;
   readonly startedAt: number;
-  /** Batches sent and not written yet: what bounds a slow worker. */
+  /** Batches on their way to it, not written yet: merged while it writes, and bounded. */
   readonly backlog: Backlog;
 }
 
@@ -73,7 +73,7 @@ export function createSupervisor(options: SupervisorOptions): Supervisor {
       ready: false,
       streams: 0,
       startedAt: Date.now(),
-      backlog: createBacklog(),
+      backlog: createBacklog((batches) => send(entry, { t: 'batches', batches })),
     };
     live.set(worker.id, entry);
     if (options.workerOutput !== undefined) pipeLines(worker, options.workerOutput);
@@ -88,6 +88,16 @@ export function createSupervisor(options: SupervisorOptions): Supervisor {
       }
     });
     worker.on('exit', (code, signal) => onExit(entry, code, signal));
+  }
+
+  function send(entry: WorkerEntry, message: ToWorker, onFailure?: () => void): void {
+    if (!entry.worker.isConnected()) {
+      onFailure?.();
+      return;
+    }
+    entry.worker.send(message, (err: Error | null) => {
+      if (err !== null) onFailure?.();
+    });
   }
 
   function onExit(entry: WorkerEntry, code: number | null, signal: string | null): void {
@@ -127,15 +137,7 @@ export function createSupervisor(options: SupervisorOptions): Supervisor {
       return ready;
     },
     live,
-    send(entry, message, onFailure) {
-      if (!entry.worker.isConnected()) {
-        onFailure?.();
-        return;
-      }
-      entry.worker.send(message, (err: Error | null) => {
-        if (err !== null) onFailure?.();
-      });
-    },
+    send,
     kill(entry, event, fields, why) {
       log.error({ event, worker: entry.worker.process.pid, ...fields }, why);
       entry.worker.process.kill('SIGKILL');
@@ -145,7 +147,7 @@ export function createSupervisor(options: SupervisorOptions): Supervisor {
       const exits = [...live.values()].map(
         (entry) => new Promise((resolve) => entry.worker.once('exit', resolve)),
       );
-      for (const entry of live.values()) this.send(entry, { t: 'close' });
+      for (const entry of live.values()) send(entry, { t: 'close' });
       const timeout = setTimeout(() => {
         for (const entry of live.values()) entry.worker.process.kill('SIGKILL');
       }, graceMs);

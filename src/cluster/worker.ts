@@ -4,6 +4,7 @@ import type { Framed } from '../fanout/resumer.js';
 import type { Logger } from '../log.js';
 import { healthReport } from '../source/log.js';
 import type { TailerHealth } from '../source/tailer.js';
+import type { FramedBatch } from './backlog.js';
 import { asBuffer, type ToPrimary, type ToWorker } from './protocol.js';
 import { createRpc } from './rpc.js';
 
@@ -44,16 +45,6 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
   );
   const { hub, metrics, http } = side;
 
-  // Batches that arrived together (the worker was busy writing) go out as one write per stream.
-  let arrived: Framed[] = [];
-  function flush(): void {
-    if (arrived.length === 0) return;
-    const batches = arrived;
-    arrived = [];
-    const written = side.deliver(batches);
-    send({ t: 'ack', lastSeq: (batches[batches.length - 1] as Framed).lastSeq, written });
-  }
-
   let closing: Promise<void> | null = null;
   const close = () => {
     closing ??= http.close(SHUTDOWN_GRACE_MS).then(() => process.exit(0));
@@ -64,14 +55,14 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
   process.on('SIGTERM', () => undefined);
   process.on('disconnect', close);
   process.on('message', (message: ToWorker) => {
-    if (message.t === 'batch') {
-      if (arrived.length === 0) setImmediate(flush);
-      arrived.push(framedFrames(message.lastSeq, message.frames));
-      return;
-    }
-    // Messages keep their order: a replay's answer must find the batches before it written.
-    flush();
     switch (message.t) {
+      case 'batches': {
+        // Several batches (the primary merged them while this worker wrote): one write per stream.
+        const written = side.deliver(message.batches.map(framedFrames));
+        const last = message.batches[message.batches.length - 1];
+        if (last !== undefined) send({ t: 'ack', lastSeq: last.lastSeq, written });
+        break;
+      }
       case 'health':
         tail = message.tail;
         total = message.streams;
@@ -107,6 +98,9 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
 }
 
 /** A batch the primary framed, as the fan-out writes it. */
-function framedFrames(lastSeq: number, frames: Map<string, Uint8Array>): Framed {
-  return { lastSeq, frame: (transport) => asBuffer(frames.get(transport.name)) };
+function framedFrames(batch: FramedBatch): Framed {
+  return {
+    lastSeq: batch.lastSeq,
+    frame: (transport) => asBuffer(batch.frames.get(transport.name)),
+  };
 }

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { createBacklog } from '../../src/cluster/backlog.js';
+import { createBacklog, type FramedBatch } from '../../src/cluster/backlog.js';
 import { mergeFramed } from '../../src/fanout/batches.js';
 import type { Framed } from '../../src/fanout/resumer.js';
 import type { Transport } from '../../src/transports/transport.js';
 
-// Batches pending together go out as one write per stream (docs/delivery.md 6), and the primary
-// bounds a slow worker by what it has not written yet.
+// Batches pending together go out as one write per stream (docs/delivery.md 6): the primary
+// merges what comes while a worker writes, and bounds a slow worker by what it has not written.
 
 const html = { name: 'html' } as Transport;
 const sse = { name: 'sse' } as Transport;
@@ -43,21 +43,52 @@ test('a single batch is passed through; none is an error', () => {
   assert.throws(() => mergeFramed([]));
 });
 
-test('backlog: an ack settles every batch up to its seq; bytes and wait follow', () => {
-  const backlog = createBacklog();
-  assert.deepEqual(backlog.state(1000), { batches: 0, bytes: 0, waitedMs: 0 });
-  backlog.sent({ lastSeq: 5, bytes: 100, sentAt: 1000 });
-  backlog.sent({ lastSeq: 9, bytes: 50, sentAt: 1010 });
-  backlog.sent({ lastSeq: 12, bytes: 25, sentAt: 1020 });
+/** A batch of `bytes` bytes whose html frame is its seq. */
+function framed(lastSeq: number, bytes = 10): FramedBatch {
+  return { lastSeq, bytes, frames: new Map([['html', Buffer.from(String(lastSeq))]]) };
+}
+
+test('backlog: an idle worker gets a batch at once; a busy one gets all that came, together', () => {
+  const messages: number[][] = [];
+  let clock = 1000;
+  const backlog = createBacklog(
+    (batches) => messages.push(batches.map((batch) => batch.lastSeq)),
+    () => clock,
+  );
+  assert.deepEqual(backlog.state(clock), { batches: 0, bytes: 0, waitedMs: 0 });
+  backlog.push(framed(1, 100));
+  assert.deepEqual(messages, [[1]]);
+  clock = 1010;
+  backlog.push(framed(2, 50));
+  clock = 1020;
+  backlog.push(framed(3, 25));
+  // Still writing the first: the others wait, counted with it.
+  assert.deepEqual(messages, [[1]]);
   assert.deepEqual(backlog.state(1100), { batches: 3, bytes: 175, waitedMs: 100 });
-  // A worker that merged the first two acks the second's seq.
-  backlog.acked(9);
-  assert.deepEqual(backlog.state(1100), { batches: 1, bytes: 25, waitedMs: 80 });
-  backlog.acked(3); // an old ack changes nothing
-  assert.deepEqual(backlog.state(1100), { batches: 1, bytes: 25, waitedMs: 80 });
-  backlog.acked(12);
+  backlog.acked(1);
+  assert.deepEqual(messages, [[1], [2, 3]]);
+  // The wait is the oldest batch's in the message in flight.
+  assert.deepEqual(backlog.state(1100), { batches: 2, bytes: 75, waitedMs: 90 });
+  backlog.acked(0); // an old ack changes nothing
+  assert.deepEqual(messages, [[1], [2, 3]]);
+  backlog.acked(3);
   assert.deepEqual(backlog.state(1100), { batches: 0, bytes: 0, waitedMs: 0 });
-  backlog.sent({ lastSeq: 13, bytes: 1, sentAt: 1200 });
+  backlog.push(framed(4));
+  assert.deepEqual(messages, [[1], [2, 3], [4]]);
+});
+
+test('backlog: flush sends what waits before a message that must follow it', () => {
+  const messages: number[][] = [];
+  const backlog = createBacklog((batches) => messages.push(batches.map((b) => b.lastSeq)));
+  backlog.push(framed(1));
+  backlog.push(framed(2));
+  backlog.flush();
+  assert.deepEqual(messages, [[1], [2]]);
+  backlog.flush(); // nothing waits: nothing sent
+  assert.deepEqual(messages, [[1], [2]]);
+  backlog.push(framed(3));
+  backlog.acked(2);
+  assert.deepEqual(messages, [[1], [2], [3]]);
   backlog.clear();
-  assert.deepEqual(backlog.state(1300), { batches: 0, bytes: 0, waitedMs: 0 });
+  assert.deepEqual(backlog.state(Date.now()), { batches: 0, bytes: 0, waitedMs: 0 });
 });

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { corsHeaders, splitTarget, streamAsk } from '../../src/request.js';
+import { corsHeaders, splitTarget, streamAsk } from '../../src/http/request.js';
 
 // Parsing of stream requests: the resume id (a row id), CORS and the request target.
 

@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Logger } from './log.js';
+import type { Logger } from '../log.js';
 import { reply } from './reply.js';
 
 export interface PublishOptions {

@@ -1,17 +1,17 @@
 import { readFileSync } from 'node:fs';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import type { Config } from './config.js';
+import type { Config } from '../config.js';
+import { chunk, type Framing, finalBytes, type Hub, type Stream } from '../fanout/hub.js';
+import type { Logger } from '../log.js';
+import { METRICS_CONTENT_TYPE, type Metrics } from '../metrics.js';
+import type { HealthReport } from '../source/log.js';
+import type { Transports } from '../transports/index.js';
+import type { Transport } from '../transports/transport.js';
 import { createFront, type StreamRequest } from './front.js';
-import { chunk, type Framing, finalBytes, type Hub, type Stream } from './hub.js';
-import type { Logger } from './log.js';
-import { METRICS_CONTENT_TYPE, type Metrics } from './metrics.js';
 import { createPublishHandler } from './publish.js';
 import { reply } from './reply.js';
 import { corsHeaders, header, responseHead, splitTarget, streamAsk } from './request.js';
-import type { HealthReport } from './source/log.js';
-import type { Transports } from './transports/index.js';
-import type { Transport } from './transports/transport.js';
 
 export interface ServerDeps {
   readonly hub: Hub;
@@ -51,7 +51,7 @@ type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 
 // Seconds a client should wait before it retries a refused stream.
 const RETRY_AFTER_S = '5';
-const DEMO_PAGE = new URL('../../public/index.html', import.meta.url);
+const DEMO_PAGE = new URL('../../../public/index.html', import.meta.url);
 
 export function createServer(config: Config, deps: ServerDeps): HttpServer {
   const { hub, transports, logger } = deps;

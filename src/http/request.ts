@@ -1,6 +1,6 @@
 import type { IncomingMessage } from 'node:http';
-import type { Config } from './config.js';
-import type { Transport } from './transports/transport.js';
+import type { Config } from '../config.js';
+import type { Transport } from '../transports/transport.js';
 
 /**
  * Request parsing of the stream routes, as pure functions: the resume id, CORS, the request

@@ -1,5 +1,5 @@
-import type { Logger } from './log.js';
-import type { Transport, TransportName } from './transports/transport.js';
+import type { Logger } from '../log.js';
+import type { Transport, TransportName } from '../transports/transport.js';
 
 /**
  * An open stream as the hub sees it: a bare socket (served by the front) or a node:http response.
