@@ -74,7 +74,7 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
   function answer(entry: WorkerEntry, request: Request): void {
     const work: Promise<unknown> =
       request.t === 'replay'
-        ? table.readReplays(request.sinces).then(({ upto, replays }) => ({ upto, replays }))
+        ? table.readReplays(request.sinces)
         : request.t === 'publish'
           ? table.publish(request.content)
           : scrape();
