@@ -1,7 +1,7 @@
 import type { Config } from './config.js';
-import { mergeFramed } from './fanout/batches.js';
+import { type Framed, framedRows, mergeFramed } from './fanout/framed.js';
 import { createHub, type Hub } from './fanout/hub.js';
-import { createResumer, type Framed, framedRows, type ReadReplays } from './fanout/resumer.js';
+import { createResumer, type ReadReplays } from './fanout/resumer.js';
 import { createServer, type ServerDeps } from './http/server.js';
 import type { Logger } from './log.js';
 import { createMetrics, type Metrics } from './metrics.js';
@@ -60,12 +60,14 @@ export function createStreamSide(
     metrics,
   });
   metrics.watchStreams(() => hub.sizes());
+  metrics.watchChannels(() => hub.channels());
   const resumer = createResumer({ read, logger, replayed: metrics.replayed });
   const http = createServer(config, {
     hub,
     transports: createTransports(config),
     health: deps.health,
-    resume: (since, transport, done) => resumer.request(since, { transport, done }),
+    resume: (since, transport, subscription, done) =>
+      resumer.request(since, { transport, subscription, done }),
     publish: deps.publish,
     metrics,
     scrape: deps.scrape,
@@ -77,8 +79,7 @@ export function createStreamSide(
     http,
     deliver(batches) {
       for (const batch of batches) resumer.hold(batch);
-      const merged = mergeFramed(batches);
-      return hub.broadcast((transport) => merged.frame(transport));
+      return hub.broadcast(mergeFramed(batches));
     },
   };
 }
@@ -96,7 +97,7 @@ export function createApp(config: Config, logger: Logger): SingleApp {
   side = createStreamSide(config, logger, table.readReplays, {
     metrics,
     health: () => healthReport(config, table.tailer.health(), side?.hub.size ?? 0),
-    publish: (content) => table.publish(content),
+    publish: (content, channel) => table.publish(content, channel),
     scrape: () => metrics.text(),
   });
   const { http, hub } = side;

@@ -1,4 +1,6 @@
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import { availableParallelism } from 'node:os';
+import { ChannelError, parseChannels, type Subscription } from './core/subscription.js';
 import { ConfigError } from './errors.js';
 
 export interface DbConfig {
@@ -12,6 +14,8 @@ export interface DbConfig {
 export interface Config {
   readonly db: DbConfig;
   readonly msgTable: string;
+  /** The channel column of the table (used when the table has it). */
+  readonly channelColumn: string;
   readonly host: string;
   readonly port: number;
   readonly pollIntervalMs: number;
@@ -29,7 +33,28 @@ export interface Config {
   readonly publishToken: string | null;
   /** Origins allowed to read the streams cross-origin (CORS): '*', a list, or null for none. */
   readonly allowOrigin: '*' | readonly string[] | null;
+  /** How subscribers' tokens are verified; null leaves authorization off (every stream reads every row). */
+  readonly subscriberAuth: SubscriberAuth | null;
+  /** The `iss` a subscriber token must carry, or null for any. */
+  readonly jwtIssuer: string | null;
+  /** The `aud` a subscriber token must carry, or null for any. */
+  readonly jwtAudience: string | null;
+  /** Channels a stream may read without a token, or null for none. */
+  readonly publicChannels: Subscription | null;
+  /** Most `channel` values one stream may ask for. */
+  readonly maxChannels: number;
 }
+
+/** Algorithms of a public key; the algorithm comes from the configuration, never from a token. */
+export const PUBLIC_KEY_ALGORITHMS = ['RS256', 'ES256', 'EdDSA'] as const;
+export type PublicKeyAlgorithm = (typeof PUBLIC_KEY_ALGORITHMS)[number];
+
+export type SubscriberAuth =
+  | { readonly kind: 'hs256'; readonly secret: Uint8Array }
+  | { readonly kind: 'public'; readonly algorithm: PublicKeyAlgorithm; readonly keyPem: string };
+
+/** Most channels and patterns a grant (a token's `channels` claim, PUBLIC_CHANNELS) may list. */
+export const MAX_GRANTED_CHANNELS = 1024;
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -61,6 +86,8 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     // The local MariaDB of a development machine; production sets its own.
     db: parseDatabaseUrl(read('DATABASE_URL') ?? 'mysql://root@127.0.0.1:3306/test', problems),
     msgTable: parseTable(read('MSG_TABLE') ?? 'msg', problems),
+    // New tables get this column; a table without it is one implicit channel.
+    channelColumn: parseIdentifier('CHANNEL_COLUMN', read('CHANNEL_COLUMN') ?? 'channel', problems),
     // Loopback only by default: exposing the stream is a deliberate choice.
     host: read('HOST') ?? '127.0.0.1',
     port: int('PORT', 8080, 0, 65_535),
@@ -83,6 +110,9 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     replayLimit: int('REPLAY_LIMIT', 1000, 1, 100_000),
     publishToken: parsePublishToken(read('PUBLISH_TOKEN'), problems),
     allowOrigin: parseAllowOrigin(read('ALLOW_ORIGIN'), problems),
+    ...parseSubscriberAuth(read, problems),
+    // Enough for a page that follows a few dozen rooms; each channel costs the hub a map entry.
+    maxChannels: int('MAX_CHANNELS_PER_STREAM', 64, 1, MAX_GRANTED_CHANNELS),
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);
@@ -123,12 +153,17 @@ export function redactPassword(raw: string): string {
 }
 
 function parseTable(raw: string, problems: string[]): string {
-  // Spliced into SQL as an identifier, so only a plain name is accepted.
+  return parseIdentifier('MSG_TABLE', raw, problems, 'msg');
+}
+
+/** A table or column name: spliced into SQL as an identifier, so only a plain name is accepted. */
+function parseIdentifier(name: string, raw: string, problems: string[], fallback = raw): string {
   if (/^[A-Za-z_][A-Za-z0-9_]{0,63}$/.test(raw)) return raw;
+  const what = name === 'MSG_TABLE' ? 'table' : 'column';
   problems.push(
-    `MSG_TABLE=${JSON.stringify(raw)}: expected a plain table name (letters, digits, _; at most 64)`,
+    `${name}=${JSON.stringify(raw)}: expected a plain ${what} name (letters, digits, _; at most 64)`,
   );
-  return 'msg';
+  return fallback;
 }
 
 // More processes than this cost memory and IPC without serving more streams on one machine.
@@ -173,4 +208,151 @@ function parseLogLevel(raw: string, problems: string[]): LogLevel {
   if (level !== undefined) return level;
   problems.push(`LOG_LEVEL=${JSON.stringify(raw)}: expected one of ${LOG_LEVELS.join(', ')}`);
   return 'info';
+}
+
+type AuthFields = Pick<Config, 'subscriberAuth' | 'jwtIssuer' | 'jwtAudience' | 'publicChannels'>;
+
+/**
+ * The subscriber authorization variables. With neither key set, authorization is off, and the
+ * variables that only mean something with a key are refused rather than ignored: an operator who
+ * sets PUBLIC_CHANNELS (or an issuer) believes the other channels are closed.
+ */
+function parseSubscriberAuth(
+  read: (name: string) => string | undefined,
+  problems: string[],
+): AuthFields {
+  const secret = read('SUBSCRIBER_JWT_KEY');
+  const pem = read('SUBSCRIBER_JWT_PUBLIC_KEY');
+  const algorithm = read('SUBSCRIBER_JWT_ALGORITHM');
+  let subscriberAuth: SubscriberAuth | null = null;
+  if (secret !== undefined && pem !== undefined) {
+    problems.push('SUBSCRIBER_JWT_KEY and SUBSCRIBER_JWT_PUBLIC_KEY: set one of them, not both');
+  } else if (secret !== undefined) {
+    subscriberAuth = parseSecret(secret, algorithm, problems);
+  } else if (pem !== undefined) {
+    subscriberAuth = parsePublicKey(pem, algorithm, problems);
+  }
+  const keySet = secret !== undefined || pem !== undefined;
+  const needsKey = (name: string): string | null => {
+    const value = read(name);
+    if (value === undefined || keySet) return value ?? null;
+    problems.push(`${name} needs SUBSCRIBER_JWT_KEY or SUBSCRIBER_JWT_PUBLIC_KEY`);
+    return null;
+  };
+  if (!keySet && algorithm !== undefined) needsKey('SUBSCRIBER_JWT_ALGORITHM');
+  const jwtIssuer = needsKey('SUBSCRIBER_JWT_ISSUER');
+  const jwtAudience = needsKey('SUBSCRIBER_JWT_AUDIENCE');
+  const publicRaw = needsKey('PUBLIC_CHANNELS');
+  const publicChannels = publicRaw === null ? null : parsePublicChannels(publicRaw, problems);
+  return { subscriberAuth, jwtIssuer, jwtAudience, publicChannels };
+}
+
+// RFC 7518 §3.2: an HS256 key shorter than the hash (32 bytes) weakens the MAC.
+const MIN_HS256_SECRET_BYTES = 32;
+
+function parseSecret(
+  secret: string,
+  algorithm: string | undefined,
+  problems: string[],
+): SubscriberAuth | null {
+  // The secret key has one algorithm; naming it is allowed, naming another is a mistake.
+  if (algorithm !== undefined && algorithm !== 'HS256') {
+    problems.push(
+      `SUBSCRIBER_JWT_ALGORITHM=${JSON.stringify(algorithm)}: SUBSCRIBER_JWT_KEY is an HS256 secret; ` +
+        `${PUBLIC_KEY_ALGORITHMS.join(', ')} take SUBSCRIBER_JWT_PUBLIC_KEY`,
+    );
+  }
+  const bytes = new TextEncoder().encode(secret);
+  if (bytes.length >= MIN_HS256_SECRET_BYTES)
+    return Object.freeze({ kind: 'hs256', secret: bytes });
+  // The value itself is a secret: neither it nor its length is repeated in the message.
+  problems.push(
+    `SUBSCRIBER_JWT_KEY: expected an HS256 secret of at least ${MIN_HS256_SECRET_BYTES} bytes (e.g. openssl rand -base64 48)`,
+  );
+  return null;
+}
+
+const SPKI_PEM = /^-----BEGIN PUBLIC KEY-----\n[A-Za-z0-9+/=\s]+\n-----END PUBLIC KEY-----$/;
+
+function parsePublicKey(
+  raw: string,
+  algorithm: string | undefined,
+  problems: string[],
+): SubscriberAuth | null {
+  const known = PUBLIC_KEY_ALGORITHMS.find((name) => name === algorithm);
+  if (algorithm === undefined) {
+    problems.push(
+      `SUBSCRIBER_JWT_ALGORITHM: required with SUBSCRIBER_JWT_PUBLIC_KEY; expected one of ${PUBLIC_KEY_ALGORITHMS.join(', ')}`,
+    );
+  } else if (known === undefined) {
+    problems.push(
+      `SUBSCRIBER_JWT_ALGORITHM=${JSON.stringify(algorithm)}: expected one of ${PUBLIC_KEY_ALGORITHMS.join(', ')}`,
+    );
+  }
+  // Env files often hold a PEM on one line, with \n for its line breaks.
+  const keyPem = raw.replace(/\\n/g, '\n').replace(/\r\n/g, '\n').trim();
+  const key = importSpki(keyPem);
+  if (key === null) {
+    // A private key would parse too (node derives its public half): the header is checked first,
+    // so a private key never ends up in a public variable unnoticed.
+    problems.push(
+      'SUBSCRIBER_JWT_PUBLIC_KEY: expected a PEM public key (-----BEGIN PUBLIC KEY-----, SPKI); ' +
+        '\\n may stand for its line breaks',
+    );
+    return null;
+  }
+  if (known === undefined) return null;
+  const misfit = keyMisfit(key, known);
+  if (misfit !== null) {
+    problems.push(`SUBSCRIBER_JWT_PUBLIC_KEY: ${misfit}`);
+    return null;
+  }
+  return Object.freeze({ kind: 'public', algorithm: known, keyPem });
+}
+
+/** The key of an SPKI PEM, or null when it is not one. */
+function importSpki(pem: string): KeyObject | null {
+  if (!SPKI_PEM.test(pem)) return null;
+  try {
+    return createPublicKey({ key: pem, format: 'pem' });
+  } catch {
+    return null;
+  }
+}
+
+// jose refuses RSA keys under 2048 bits; refusing them here reports it at start, not per token.
+const MIN_RSA_BITS = 2048;
+
+/** Why `key` cannot verify `algorithm`, or null when it can. */
+function keyMisfit(key: KeyObject, algorithm: PublicKeyAlgorithm): string | null {
+  const type = key.asymmetricKeyType;
+  const details = key.asymmetricKeyDetails;
+  const has = type === 'ec' ? `an EC key on ${details?.namedCurve}` : `a key of type ${type}`;
+  switch (algorithm) {
+    case 'RS256':
+      if (type !== 'rsa') return `${has} does not fit RS256, which takes an RSA key`;
+      if ((details?.modulusLength ?? 0) < MIN_RSA_BITS) {
+        return `RS256 takes an RSA key of at least ${MIN_RSA_BITS} bits, not ${details?.modulusLength}`;
+      }
+      return null;
+    case 'ES256':
+      if (type === 'ec' && details?.namedCurve === 'prime256v1') return null;
+      return `${has} does not fit ES256, which takes an EC P-256 key`;
+    case 'EdDSA':
+      if (type === 'ed25519') return null;
+      return `${has} does not fit EdDSA, which takes an Ed25519 key`;
+  }
+}
+
+function parsePublicChannels(raw: string, problems: string[]): Subscription | null {
+  try {
+    return parseChannels(
+      raw.split(',').map((value) => value.trim()),
+      MAX_GRANTED_CHANNELS,
+    );
+  } catch (err) {
+    if (!(err instanceof ChannelError)) throw err;
+    problems.push(`PUBLIC_CHANNELS=${JSON.stringify(raw)}: ${err.message}`);
+    return null;
+  }
 }

@@ -42,3 +42,13 @@ export class MigrationError extends RowcastError {
     super('ROWCAST_MIGRATION_REQUIRED', message, { cause });
   }
 }
+
+/** The code of a publish with a channel to a table without a channel column (a 400). */
+export const NO_CHANNEL_COLUMN = 'ROWCAST_NO_CHANNEL_COLUMN';
+
+/** A row was published with a channel, but the table has no channel column to put it in. */
+export class NoChannelColumnError extends RowcastError {
+  constructor(table: string, column: string) {
+    super(NO_CHANNEL_COLUMN, `table ${table} has no ${column} column: publish without a channel`);
+  }
+}

@@ -25,6 +25,10 @@ export const METRICS_CONTENT_TYPE = Registry.PROMETHEUS_CONTENT_TYPE;
 export interface Metrics extends HubMetrics, TailerMetrics {
   /** A stream refused because MAX_STREAMS streams were open. */
   rejected(): void;
+  /** A stream refused by subscriber authorization (401 or 403). */
+  authRefused(status: 401 | 403): void;
+  /** Reads the number of distinct channels (names and prefixes) subscribed to at each scrape. */
+  watchChannels(count: () => number): void;
   /** A database statement failed. */
   dbError(): void;
   /** A row was inserted through POST /messages. */
@@ -43,7 +47,11 @@ export interface Metrics extends HubMetrics, TailerMetrics {
 
 const TRANSPORTS: readonly TransportName[] = ['html', 'sse', 'ndjson'];
 // The labels of rowcast's counters and all their values.
-const LABEL_VALUES = { transport: TRANSPORTS, result: ['ok', 'failed'] } as const;
+const LABEL_VALUES = {
+  transport: TRANSPORTS,
+  result: ['ok', 'failed'],
+  status: ['401', '403'],
+} as const;
 type Label = keyof typeof LABEL_VALUES;
 // From a tick that finds nothing (about a millisecond) to one writing to tens of thousands of
 // streams (seconds) or waiting for a query timeout (10 s).
@@ -54,6 +62,7 @@ export function createMetrics(): Metrics {
   const registers = [registry];
   let streamSizes: () => ReadonlyMap<TransportName, number> = () => new Map();
   let tail: (() => TailerHealth) | null = null;
+  let channelCount = () => 0;
 
   new Gauge({
     name: 'rowcast_streams',
@@ -65,6 +74,27 @@ export function createMetrics(): Metrics {
       for (const transport of TRANSPORTS) this.set({ transport }, sizes.get(transport) ?? 0);
     },
   });
+  new Gauge({
+    name: 'rowcast_channels',
+    help:
+      'Distinct channel names and prefixes the open streams subscribe to (no per-channel labels: ' +
+      'their number is unbounded).',
+    registers,
+    collect() {
+      this.set(channelCount());
+    },
+  });
+  const authRefused = counter(
+    'rowcast_auth_refusals_total',
+    'Stream requests refused by subscriber authorization, by status: 401 (no, bad or expired ' +
+      'token), 403 (a channel not granted).',
+    'status',
+  );
+  const expired = counter(
+    'rowcast_streams_expired_total',
+    'Streams ended because their token expired (the client reconnects with a fresh one), by transport.',
+    'transport',
+  );
   const rejected = counter(
     'rowcast_streams_rejected_total',
     'Stream requests refused with 503 because MAX_STREAMS streams were open.',
@@ -141,6 +171,11 @@ export function createMetrics(): Metrics {
     written: (transport, bytes) => written.inc({ transport }, bytes),
     cut: (transport) => cut.inc({ transport }),
     rejected: () => rejected.inc(),
+    authRefused: (status) => authRefused.inc({ status: String(status) }),
+    expired: (transport) => expired.inc({ transport }),
+    watchChannels(count) {
+      channelCount = count;
+    },
     tick(result, seconds) {
       ticks.inc({ result });
       tickSeconds.observe(seconds);

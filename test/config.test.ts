@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { test } from 'node:test';
 import { loadConfig, redactPassword } from '../src/config.js';
@@ -39,6 +40,11 @@ test('defaults match the configuration table of the README', () => {
   assert.equal(config.replayLimit, 1000);
   assert.equal(config.publishToken, null);
   assert.equal(config.allowOrigin, null);
+  assert.equal(config.subscriberAuth, null);
+  assert.equal(config.jwtIssuer, null);
+  assert.equal(config.jwtAudience, null);
+  assert.equal(config.publicChannels, null);
+  assert.equal(config.maxChannels, 64);
   assert.ok(Object.isFrozen(config));
 });
 
@@ -140,4 +146,164 @@ test('a password in DATABASE_URL never appears in an error', () => {
   assert.ok(!(problem as string).includes('hunter2'), problem);
   assert.equal(redactPassword('mysql://app:hunter2@h/db'), 'mysql://app:***@h/db');
   assert.equal(redactPassword('mysql://app@h/db'), 'mysql://app@h/db');
+});
+
+const HS_SECRET = 'k'.repeat(32);
+const pemOf = (publicKey: KeyObject): string =>
+  publicKey.export({ type: 'spki', format: 'pem' }).toString();
+const rsaPem = (modulusLength = 2048) =>
+  pemOf(generateKeyPairSync('rsa', { modulusLength }).publicKey);
+const ecPem = (namedCurve = 'P-256') => pemOf(generateKeyPairSync('ec', { namedCurve }).publicKey);
+const edPem = () => pemOf(generateKeyPairSync('ed25519').publicKey);
+
+test('subscriber authorization: an HS256 secret or a public key with its algorithm', () => {
+  const hs = loadConfig({ SUBSCRIBER_JWT_KEY: HS_SECRET, SUBSCRIBER_JWT_ALGORITHM: 'HS256' });
+  assert.equal(hs.subscriberAuth?.kind, 'hs256');
+  if (hs.subscriberAuth?.kind === 'hs256') {
+    assert.deepEqual(hs.subscriberAuth.secret, new TextEncoder().encode(HS_SECRET));
+  }
+  // 32 bytes of UTF-8, not 32 characters.
+  assert.equal(loadConfig({ SUBSCRIBER_JWT_KEY: 'é'.repeat(16) }).subscriberAuth?.kind, 'hs256');
+
+  for (const [pem, algorithm] of [
+    [rsaPem(), 'RS256'],
+    [ecPem(), 'ES256'],
+    [edPem(), 'EdDSA'],
+  ] as const) {
+    const config = loadConfig({
+      SUBSCRIBER_JWT_PUBLIC_KEY: pem.replace(/\n/g, '\\n'),
+      SUBSCRIBER_JWT_ALGORITHM: algorithm,
+      SUBSCRIBER_JWT_ISSUER: 'https://auth.example',
+      SUBSCRIBER_JWT_AUDIENCE: 'rowcast',
+      PUBLIC_CHANNELS: 'lobby, news:*',
+      MAX_CHANNELS_PER_STREAM: '8',
+    });
+    assert.deepEqual(config.subscriberAuth, { kind: 'public', algorithm, keyPem: pem.trim() });
+    assert.equal(config.jwtIssuer, 'https://auth.example');
+    assert.equal(config.jwtAudience, 'rowcast');
+    assert.equal(config.publicChannels?.key, 'lobby,news:*');
+    assert.equal(config.maxChannels, 8);
+  }
+  assert.equal(
+    loadConfig({ SUBSCRIBER_JWT_KEY: HS_SECRET, PUBLIC_CHANNELS: '*' }).publicChannels?.all,
+    true,
+  );
+});
+
+test('subscriber authorization: each bad setting is named', () => {
+  const rsa = rsaPem();
+  const cases: [Record<string, string>, RegExp][] = [
+    [
+      { SUBSCRIBER_JWT_KEY: 'k'.repeat(31) },
+      /^SUBSCRIBER_JWT_KEY: expected an HS256 secret of at least 32 bytes/,
+    ],
+    [
+      { SUBSCRIBER_JWT_KEY: HS_SECRET, SUBSCRIBER_JWT_PUBLIC_KEY: rsa },
+      /^SUBSCRIBER_JWT_KEY and SUBSCRIBER_JWT_PUBLIC_KEY: set one of them, not both$/,
+    ],
+    [
+      { SUBSCRIBER_JWT_KEY: HS_SECRET, SUBSCRIBER_JWT_ALGORITHM: 'RS256' },
+      /^SUBSCRIBER_JWT_ALGORITHM="RS256": SUBSCRIBER_JWT_KEY is an HS256 secret/,
+    ],
+    [
+      { SUBSCRIBER_JWT_PUBLIC_KEY: rsa },
+      /^SUBSCRIBER_JWT_ALGORITHM: required with SUBSCRIBER_JWT_PUBLIC_KEY; expected one of RS256, ES256, EdDSA$/,
+    ],
+    [
+      { SUBSCRIBER_JWT_PUBLIC_KEY: rsa, SUBSCRIBER_JWT_ALGORITHM: 'none' },
+      /^SUBSCRIBER_JWT_ALGORITHM="none": expected one of RS256, ES256, EdDSA$/,
+    ],
+    [
+      { SUBSCRIBER_JWT_PUBLIC_KEY: rsa, SUBSCRIBER_JWT_ALGORITHM: 'HS256' },
+      /^SUBSCRIBER_JWT_ALGORITHM="HS256"/,
+    ],
+    [
+      { SUBSCRIBER_JWT_PUBLIC_KEY: 'not a key', SUBSCRIBER_JWT_ALGORITHM: 'RS256' },
+      /^SUBSCRIBER_JWT_PUBLIC_KEY: expected a PEM public key \(-----BEGIN PUBLIC KEY-----, SPKI\)/,
+    ],
+    [
+      {
+        SUBSCRIBER_JWT_PUBLIC_KEY: '-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----',
+        SUBSCRIBER_JWT_ALGORITHM: 'RS256',
+      },
+      /^SUBSCRIBER_JWT_PUBLIC_KEY: expected a PEM public key/,
+    ],
+    [
+      { SUBSCRIBER_JWT_PUBLIC_KEY: rsa, SUBSCRIBER_JWT_ALGORITHM: 'ES256' },
+      /^SUBSCRIBER_JWT_PUBLIC_KEY: a key of type rsa does not fit ES256, which takes an EC P-256 key$/,
+    ],
+    [
+      {
+        SUBSCRIBER_JWT_PUBLIC_KEY: ecPem('P-384'),
+        SUBSCRIBER_JWT_ALGORITHM: 'ES256',
+      },
+      /^SUBSCRIBER_JWT_PUBLIC_KEY: an EC key on secp384r1 does not fit ES256/,
+    ],
+    [
+      { SUBSCRIBER_JWT_PUBLIC_KEY: edPem(), SUBSCRIBER_JWT_ALGORITHM: 'RS256' },
+      /^SUBSCRIBER_JWT_PUBLIC_KEY: a key of type ed25519 does not fit RS256, which takes an RSA key$/,
+    ],
+    [
+      { SUBSCRIBER_JWT_PUBLIC_KEY: rsa, SUBSCRIBER_JWT_ALGORITHM: 'EdDSA' },
+      /^SUBSCRIBER_JWT_PUBLIC_KEY: a key of type rsa does not fit EdDSA, which takes an Ed25519 key$/,
+    ],
+    [
+      {
+        SUBSCRIBER_JWT_PUBLIC_KEY: rsaPem(1024),
+        SUBSCRIBER_JWT_ALGORITHM: 'RS256',
+      },
+      /^SUBSCRIBER_JWT_PUBLIC_KEY: RS256 takes an RSA key of at least 2048 bits, not 1024$/,
+    ],
+    [
+      { SUBSCRIBER_JWT_KEY: HS_SECRET, PUBLIC_CHANNELS: 'lobby,bad name' },
+      /^PUBLIC_CHANNELS="lobby,bad name": channel "bad name": expected 1 to 191 letters/,
+    ],
+    [{ SUBSCRIBER_JWT_KEY: HS_SECRET, PUBLIC_CHANNELS: 'a,,b' }, /^PUBLIC_CHANNELS="a,,b"/],
+    [
+      { PUBLIC_CHANNELS: 'lobby' },
+      /^PUBLIC_CHANNELS needs SUBSCRIBER_JWT_KEY or SUBSCRIBER_JWT_PUBLIC_KEY$/,
+    ],
+    [
+      { SUBSCRIBER_JWT_ISSUER: 'https://auth.example' },
+      /^SUBSCRIBER_JWT_ISSUER needs SUBSCRIBER_JWT_KEY or SUBSCRIBER_JWT_PUBLIC_KEY$/,
+    ],
+    [{ SUBSCRIBER_JWT_AUDIENCE: 'rowcast' }, /^SUBSCRIBER_JWT_AUDIENCE needs SUBSCRIBER_JWT_KEY/],
+    [{ SUBSCRIBER_JWT_ALGORITHM: 'RS256' }, /^SUBSCRIBER_JWT_ALGORITHM needs SUBSCRIBER_JWT_KEY/],
+    [
+      { MAX_CHANNELS_PER_STREAM: '0' },
+      /^MAX_CHANNELS_PER_STREAM="0": expected an integer from 1 to 1024$/,
+    ],
+    [{ MAX_CHANNELS_PER_STREAM: '1025' }, /^MAX_CHANNELS_PER_STREAM="1025"/],
+  ];
+  for (const [env, expected] of cases) {
+    const problems = problemsOf(env);
+    assert.equal(problems.length, 1, `${JSON.stringify(env)}: ${problems.join('; ')}`);
+    assert.match(problems[0] as string, expected);
+  }
+});
+
+test('a private key is refused as SUBSCRIBER_JWT_PUBLIC_KEY (node would derive its public half)', () => {
+  const { privateKey } = generateKeyPairSync('ed25519');
+  const pem = privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+  const [problem] = problemsOf({
+    SUBSCRIBER_JWT_PUBLIC_KEY: pem,
+    SUBSCRIBER_JWT_ALGORITHM: 'EdDSA',
+  });
+  assert.match(problem as string, /^SUBSCRIBER_JWT_PUBLIC_KEY: expected a PEM public key/);
+  assert.ok(!(problem as string).includes('PRIVATE'), problem);
+});
+
+test('the HS256 secret never appears in an error', () => {
+  const secret = 'hunter2-but-short';
+  const problems = problemsOf({ SUBSCRIBER_JWT_KEY: secret, SUBSCRIBER_JWT_ALGORITHM: 'ES256' });
+  assert.equal(problems.length, 2);
+  assert.throws(
+    () => loadConfig({ SUBSCRIBER_JWT_KEY: secret, SUBSCRIBER_JWT_PUBLIC_KEY: 'x' }),
+    (err: Error) => !err.message.includes(secret) && !err.message.includes('hunter2'),
+  );
+  for (const problem of problems) assert.ok(!problem.includes('hunter2'), problem);
+  // A secret long enough, next to a mistake about it.
+  const long = 'hunter2-hunter2-hunter2-hunter2-hunter2';
+  const [problem] = problemsOf({ SUBSCRIBER_JWT_KEY: long, SUBSCRIBER_JWT_ALGORITHM: 'RS256' });
+  assert.ok(!(problem as string).includes('hunter2'), problem);
 });

@@ -112,7 +112,7 @@ test('/events works for an idle client: heartbeats are comments, and HEAD answer
   });
 });
 
-test('/stream.ndjson: one JSON object per line with id, seq, content and created_at', async () => {
+test('/stream.ndjson: one JSON object per line with id, seq, channel, content and created_at', async () => {
   await withApp(db.url, {}, async (app) => {
     const client = await openStream(new URL('/stream.ndjson', app.url));
     assert.equal(client.res.headers['content-type'], 'application/x-ndjson; charset=utf-8');
@@ -127,6 +127,7 @@ test('/stream.ndjson: one JSON object per line with id, seq, content and created
       ids.map((id, i) => ({
         id: Number(id),
         seq: Number(stored[i]?.seq),
+        channel: '',
         content: contents[i],
         created_at: stored[i]?.created_at.toISOString(),
       })),

@@ -171,8 +171,11 @@ test('a missing table is created as sql/schema.sql makes it, with its counter ro
       { name: 'flag', type: 'tinyint(4)', nullable: 'NO' },
       { name: 'created_at', type: 'timestamp(3)', nullable: 'NO' },
       { name: 'seq', type: 'bigint(20) unsigned', nullable: 'YES' },
+      { name: 'channel', type: 'varchar(191)', nullable: 'NO' },
     ]);
     assert.deepEqual(await keysOf('fresh_table'), [
+      { key: 'channel_seq', col: 'channel', unique: false },
+      { key: 'channel_seq', col: 'seq', unique: false },
       { key: 'flag_id', col: 'flag', unique: false },
       { key: 'flag_id', col: 'id', unique: false },
       { key: 'PRIMARY', col: 'id', unique: true },

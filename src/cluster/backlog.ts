@@ -1,7 +1,11 @@
-/** A batch framed for the workers, and its cursor. */
+import type { RowFrames } from '../transports/transport.js';
+
+/** A batch framed for the workers (each row addressable), its rows' channels, and its cursor. */
 export interface FramedBatch {
   readonly lastSeq: number;
-  readonly frames: Map<string, Uint8Array>;
+  readonly channels: readonly string[];
+  /** By transport name. */
+  readonly frames: Map<string, RowFrames>;
   /** All its frames' bytes. */
   readonly bytes: number;
 }

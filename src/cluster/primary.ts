@@ -74,9 +74,9 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
   function answer(entry: WorkerEntry, request: Request): void {
     const work: Promise<unknown> =
       request.t === 'replay'
-        ? table.readReplays(request.sinces)
+        ? table.readReplays(request.requests)
         : request.t === 'publish'
-          ? table.publish(request.content)
+          ? table.publish(request.content, request.channel)
           : scrape();
     work.then(
       (value) => {
@@ -84,7 +84,13 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
         if (request.t === 'replay') entry.backlog.flush();
         supervisor.send(entry, { t: 'answer', req: request.req, value });
       },
-      (err: Error) => supervisor.send(entry, { t: 'answer', req: request.req, error: err.message }),
+      (err: Error & { code?: string }) =>
+        supervisor.send(entry, {
+          t: 'answer',
+          req: request.req,
+          error: err.message,
+          code: err.code,
+        }),
     );
   }
 
@@ -95,11 +101,12 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
   function deliver(batch: Batch): number {
     const frames = frameAll(transports, batch.rows);
     let bytes = 0;
-    for (const frame of frames.values()) bytes += frame.length;
+    for (const frame of frames.values()) bytes += frame.bytes.byteLength;
+    const channels = batch.rows.map((row) => row.channel);
     let streams = 0;
     for (const entry of supervisor.live.values()) {
       if (!entry.ready) continue;
-      entry.backlog.push({ lastSeq: batch.lastSeq, frames, bytes });
+      entry.backlog.push({ lastSeq: batch.lastSeq, channels, frames, bytes });
       streams += entry.streams;
     }
     cutStuck();

@@ -1,4 +1,4 @@
-import type { Replay } from '../core/types.js';
+import type { Replay, ResumeRequest } from '../core/types.js';
 import type { Figures } from '../metrics.js';
 import type { TailerHealth } from '../source/tailer.js';
 import type { FramedBatch } from './backlog.js';
@@ -22,6 +22,8 @@ export type ToWorker =
       readonly req: number;
       readonly value?: unknown;
       readonly error?: string;
+      /** The error's stable code, when it has one (RowcastError). */
+      readonly code?: string;
     }
   /** Send your figures (for a /metrics request some worker got). */
   | { readonly t: 'collect'; readonly req: number }
@@ -38,19 +40,18 @@ export type ToPrimary =
 
 /** A worker's request to the primary, answered with an 'answer' of the same `req`. */
 export type Request =
-  | { readonly t: 'replay'; readonly req: number; readonly sinces: readonly string[] }
-  | { readonly t: 'publish'; readonly req: number; readonly content: string }
+  | { readonly t: 'replay'; readonly req: number; readonly requests: readonly ResumeRequest[] }
+  | {
+      readonly t: 'publish';
+      readonly req: number;
+      readonly content: string;
+      readonly channel: string | null;
+    }
   | { readonly t: 'scrape'; readonly req: number };
 
 /** The value of the answer to each request. */
 export interface Answers {
-  replay: { upto: number; replays: Map<string, Replay> };
+  replay: { upto: number; replays: readonly Replay[] };
   publish: string;
   scrape: string;
-}
-
-/** IPC hands Buffers over as plain Uint8Arrays; view the same memory as a Buffer. */
-export function asBuffer(bytes: Uint8Array | undefined): Buffer {
-  if (bytes === undefined) return Buffer.alloc(0);
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }

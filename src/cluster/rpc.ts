@@ -11,12 +11,15 @@ export interface Rpc {
     timeoutMs?: number,
   ): Promise<Answers[K]>;
   /** Settles the request `req` with an answer; unknown numbers (timed out) are ignored. */
-  answer(req: number, answer: { value?: unknown; error?: string }): void;
+  answer(req: number, answer: { value?: unknown; error?: string; code?: string }): void;
 }
 
 export function createRpc(send: (request: Request) => void): Rpc {
   let requests = 0;
-  const pending = new Map<number, (answer: { value?: unknown; error?: string }) => void>();
+  const pending = new Map<
+    number,
+    (answer: { value?: unknown; error?: string; code?: string }) => void
+  >();
   return {
     call(build, timeoutMs) {
       return new Promise((resolve, reject) => {
@@ -25,11 +28,11 @@ export function createRpc(send: (request: Request) => void): Rpc {
           timeoutMs === undefined
             ? undefined
             : setTimeout(() => settle({ error: 'the primary did not answer in time' }), timeoutMs);
-        const settle = (answer: { value?: unknown; error?: string }) => {
+        const settle = (answer: { value?: unknown; error?: string; code?: string }) => {
           clearTimeout(timer);
           pending.delete(req);
           if (answer.error === undefined) resolve(answer.value as never);
-          else reject(new Error(answer.error));
+          else reject(Object.assign(new Error(answer.error), { code: answer.code }));
         };
         pending.set(req, settle);
         send(build(req));

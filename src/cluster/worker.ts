@@ -1,11 +1,11 @@
 import { createStreamSide, SHUTDOWN_GRACE_MS } from '../app.js';
 import type { Config } from '../config.js';
-import type { Framed } from '../fanout/resumer.js';
+import { type Framed, framedFrom } from '../fanout/framed.js';
 import type { Logger } from '../log.js';
 import { healthReport } from '../source/log.js';
 import type { TailerHealth } from '../source/tailer.js';
 import type { FramedBatch } from './backlog.js';
-import { asBuffer, type ToPrimary, type ToWorker } from './protocol.js';
+import type { ToPrimary, ToWorker } from './protocol.js';
 import { createRpc } from './rpc.js';
 
 // A worker whose /metrics request the primary does not answer gives up after this long.
@@ -35,10 +35,11 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
   const side = createStreamSide(
     config,
     logger,
-    (sinces) => rpc.call<'replay'>((req) => ({ t: 'replay', req, sinces })),
+    (requests) => rpc.call<'replay'>((req) => ({ t: 'replay', req, requests })),
     {
       health: () => healthReport(config, tail, total),
-      publish: (content) => rpc.call<'publish'>((req) => ({ t: 'publish', req, content })),
+      publish: (content, channel) =>
+        rpc.call<'publish'>((req) => ({ t: 'publish', req, content, channel })),
       // The primary adds up every process's figures, this one's included.
       scrape: () => rpc.call<'scrape'>((req) => ({ t: 'scrape', req }), SCRAPE_TIMEOUT_MS),
     },
@@ -99,8 +100,8 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
 
 /** A batch the primary framed, as the fan-out writes it. */
 function framedFrames(batch: FramedBatch): Framed {
-  return {
-    lastSeq: batch.lastSeq,
-    frame: (transport) => asBuffer(batch.frames.get(transport.name)),
-  };
+  return framedFrom(batch.lastSeq, batch.channels, (transport) => {
+    const frames = batch.frames.get(transport.name);
+    return frames === undefined ? { bytes: new Uint8Array(0), ends: [] } : frames;
+  });
 }

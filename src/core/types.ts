@@ -1,3 +1,5 @@
+import type { Subscription } from './subscription.js';
+
 /**
  * The shapes every part shares: rows as they leave the table, batches in delivery order, the gap a
  * resume reports, and the Source port (the table as a log). The source never knows about HTTP; a
@@ -10,6 +12,8 @@ export interface Row {
   readonly id: string;
   /** Its place in the delivery order: unique, gap-free, the same on every instance. */
   readonly seq: number;
+  /** Its channel; '' in a table without a channel column (one implicit channel). */
+  readonly channel: string;
   /** The content as valid UTF-8 text; `null` when the column held NULL. */
   readonly content: string | null;
   /** The full size in bytes when `content` was cut to MAX_CONTENT_BYTES, else `null`. */
@@ -34,6 +38,12 @@ export interface Gap {
 export interface Replay {
   readonly rows: readonly Row[];
   readonly gap: Gap | null;
+}
+
+/** A stream that resumes: after which row id, reading what. */
+export interface ResumeRequest {
+  readonly since: string;
+  readonly subscription: Subscription;
 }
 
 /** What the pending check of a tick sees. */
@@ -73,11 +83,14 @@ export interface Source {
   /** The first `limit` claimed rows with a seq above `after`. */
   tail(after: number, limit: number): Promise<Rows>;
   /**
-   * For each row id, the rows after it in the delivery order up to seq `upto`: the newest
-   * `limit` of them. Two statements, however many ids.
+   * For each resume (a row id and a subscription), the rows of its subscription after that row
+   * in the delivery order up to seq `upto`: the newest `limit` of them. One statement for the
+   * positions of all the ids, then one per distinct subscription. Answers in request order.
    */
-  replay(sinces: readonly string[], upto: number, limit: number): Promise<Map<string, Replay>>;
-  /** Inserts a pending row; resolves with its id. */
-  insert(content: string): Promise<string>;
+  replay(requests: readonly ResumeRequest[], upto: number, limit: number): Promise<Replay[]>;
+  /** Inserts a pending row (of `channel`, when the table has channels); resolves with its id. */
+  insert(content: string, channel: string | null): Promise<string>;
+  /** Whether the table has a channel column (known once prepared). */
+  readonly hasChannels: boolean;
   close(): Promise<void>;
 }

@@ -1,5 +1,7 @@
+import type { Subscription } from '../core/subscription.js';
 import type { Logger } from '../log.js';
 import type { Transport, TransportName } from '../transports/transport.js';
+import type { Framed } from './framed.js';
 
 /**
  * An open stream as the hub sees it: a bare socket (served by the front) or a node:http response.
@@ -23,19 +25,36 @@ export interface Stream {
  */
 export type Framing = 'chunked' | 'raw';
 
-/** The open streams, grouped by transport and framing, and the one place that writes to them. */
+/** How a stream joins the hub. */
+export interface Joining {
+  readonly transport: Transport;
+  readonly framing: Framing;
+  /** The rows it reads. */
+  readonly subscription: Subscription;
+  /** When its token expires (ms since epoch): the hub ends it then, with its closing frame. */
+  readonly expiresAt: number | null;
+}
+
+/**
+ * The open streams, indexed by subscription (and, within one, by transport and framing), and
+ * the one place that writes to them.
+ */
 export interface Hub {
   /** Adds an open stream (its preamble already written); it leaves by itself on disconnect. */
-  add(stream: Stream, transport: Transport, framing: Framing): void;
+  add(stream: Stream, joining: Joining): void;
   /**
-   * Writes `frame(transport)` to every open stream of each transport that has any. `frame` is
-   * called once per transport, never per stream. Returns the number of streams written to.
+   * Writes a batch to every open stream whose subscription has rows in it: the rows of each
+   * subscription are framed once per transport, never per stream, found through an index of the
+   * subscriptions by channel (work per batch grows with rows plus streams written). Returns the
+   * number of streams written to.
    */
-  broadcast(frame: (transport: Transport) => Buffer): number;
+  broadcast(batch: Framed): number;
   /** Open streams right now. */
   readonly size: number;
   /** Open streams right now, by transport (transports without any may be missing). */
   sizes(): Map<TransportName, number>;
+  /** Distinct channel names and prefixes the open streams subscribe to. */
+  channels(): number;
   /**
    * Ends every stream with its transport's closing frame and stops the heartbeat. Streams stay
    * counted until they have closed.
@@ -64,15 +83,20 @@ export interface HubMetrics {
   written(transport: TransportName, bytes: number): void;
   /** A stream of `transport` was cut off (slow consumer). */
   cut(transport: TransportName): void;
+  /** A stream of `transport` was ended because its token expired. */
+  expired(transport: TransportName): void;
 }
 
-const NO_METRICS: HubMetrics = { written() {}, cut() {} };
+const NO_METRICS: HubMetrics = { written() {}, cut() {}, expired() {} };
 
 // A client reading at a modest rate needs a while to take in one big frame (a megabyte row of
 // quotes escapes to six): the frame does not count against MAX_BUFFERED_BYTES for this long.
 const BURST_WINDOW_MS = 10_000;
 const LAST_CHUNK = Buffer.from('0\r\n\r\n');
+// Token expiries are checked this often: one timer for the hub, not one per stream.
+const EXPIRY_SWEEP_MS = 1_000;
 
+/** The streams of one transport and framing within an audience. */
 interface Group {
   readonly transport: Transport;
   readonly chunked: boolean;
@@ -82,72 +106,173 @@ interface Group {
   burstAt: number;
 }
 
+/** The streams of one subscription. */
+interface Audience {
+  readonly subscription: Subscription;
+  readonly groups: Group[];
+  size: number;
+}
+
+interface Member {
+  readonly audience: Audience;
+  readonly group: Group;
+  readonly expiresAt: number | null;
+}
+
 export function createHub(options: HubOptions): Hub {
   const { maxBufferedBytes, heartbeatMs } = options;
   const metrics = options.metrics ?? NO_METRICS;
   const log = options.logger.child({ mod: 'hub' });
-  const groups: Group[] = [];
+  const audiences = new Map<string, Audience>();
+  const members = new Map<Stream, Member>();
+  // The audiences by what they subscribe to: every row, a channel name, a prefix.
+  const everyRow = new Set<Audience>();
+  const byChannel = new Map<string, Set<Audience>>();
+  const byPrefix = new Map<string, Set<Audience>>();
+  // The lengths of the prefixes in byPrefix, with how many prefixes have each.
+  const prefixLengths = new Map<number, number>();
+  let size = 0;
   let lastWriteAt = Date.now();
   let heartbeatTimer: NodeJS.Timeout | null = null;
+  let expiryTimer: NodeJS.Timeout | null = null;
 
   // One listener function shared by every stream: nothing is allocated per stream to remove it.
   function onClose(this: Stream): void {
-    for (const group of groups) {
-      if (group.streams.delete(this))
-        log.debug({ event: 'stream.close', streams: size() }, 'closed');
-    }
+    if (leave(this)) log.debug({ event: 'stream.close', streams: size }, 'closed');
   }
   function onError(this: Stream, err: Error): void {
     log.debug({ event: 'stream.error', err }, 'stream error');
   }
 
-  function size(): number {
-    let n = 0;
-    for (const group of groups) n += group.streams.size;
-    return n;
-  }
-
-  function groupOf(transport: Transport, chunked: boolean): Group {
-    let group = groups.find((g) => g.transport === transport && g.chunked === chunked);
-    if (group === undefined) {
-      group = { transport, chunked, streams: new Set(), burstBytes: 0, burstAt: 0 };
-      groups.push(group);
+  function join(stream: Stream, joining: Joining): void {
+    const { subscription } = joining;
+    let audience = audiences.get(subscription.key);
+    if (audience === undefined) {
+      audience = { subscription, groups: [], size: 0 };
+      audiences.set(subscription.key, audience);
+      index(audience, 1);
     }
-    return group;
+    const chunked = joining.framing === 'chunked';
+    let group = audience.groups.find(
+      (g) => g.transport === joining.transport && g.chunked === chunked,
+    );
+    if (group === undefined) {
+      group = {
+        transport: joining.transport,
+        chunked,
+        streams: new Set(),
+        burstBytes: 0,
+        burstAt: 0,
+      };
+      audience.groups.push(group);
+    }
+    group.streams.add(stream);
+    audience.size++;
+    size++;
+    members.set(stream, { audience, group, expiresAt: joining.expiresAt });
+    if (joining.expiresAt !== null)
+      expiryTimer ??= setInterval(sweepExpired, EXPIRY_SWEEP_MS).unref();
   }
 
-  function writeAll(frame: (transport: Transport) => Buffer): number {
+  /** Removes a stream; false when it was not (or no longer) in the hub. */
+  function leave(stream: Stream): boolean {
+    const member = members.get(stream);
+    if (member === undefined) return false;
+    members.delete(stream);
+    member.group.streams.delete(stream);
+    size--;
+    const { audience } = member;
+    if (--audience.size === 0) {
+      audiences.delete(audience.subscription.key);
+      index(audience, -1);
+    }
+    return true;
+  }
+
+  /** Adds (+1) or removes (-1) an audience in the channel index. */
+  function index(audience: Audience, change: 1 | -1): void {
+    const { subscription } = audience;
+    if (subscription.all) {
+      change === 1 ? everyRow.add(audience) : everyRow.delete(audience);
+      return;
+    }
+    for (const name of subscription.exact) update(byChannel, name, audience, change);
+    for (const prefix of subscription.prefixes) {
+      const added = update(byPrefix, prefix, audience, change);
+      if (added !== 0) {
+        const n = (prefixLengths.get(prefix.length) ?? 0) + added;
+        if (n === 0) prefixLengths.delete(prefix.length);
+        else prefixLengths.set(prefix.length, n);
+      }
+    }
+  }
+
+  /** The rows of the batch each audience reads (undefined: all of them). */
+  function audiencesOf(batch: Framed): Map<Audience, number[] | undefined> {
+    const found = new Map<Audience, number[] | undefined>();
+    for (const audience of everyRow) found.set(audience, undefined);
+    if (byChannel.size === 0 && byPrefix.size === 0) return found;
+    const add = (audience: Audience, row: number) => {
+      const rows = found.get(audience);
+      if (rows === undefined) found.set(audience, [row]);
+      else if (rows[rows.length - 1] !== row) rows.push(row);
+    };
+    batch.channels.forEach((channel, row) => {
+      const named = byChannel.get(channel);
+      if (named !== undefined) for (const audience of named) add(audience, row);
+      for (const length of prefixLengths.keys()) {
+        if (length > channel.length) continue;
+        const prefixed = byPrefix.get(channel.slice(0, length));
+        if (prefixed !== undefined) for (const audience of prefixed) add(audience, row);
+      }
+    });
+    return found;
+  }
+
+  function broadcast(batch: Framed): number {
     const now = Date.now();
-    const frames = new Map<Transport, Buffer>();
     let written = 0;
-    for (const group of groups) {
-      if (group.streams.size === 0) continue;
-      let bytes = frames.get(group.transport);
-      if (bytes === undefined) {
-        bytes = frame(group.transport);
-        frames.set(group.transport, bytes);
-      }
-      // An empty chunk would end an HTTP/1.1 body.
-      if (bytes.length === 0) continue;
-      if (group.chunked) bytes = chunk(bytes);
-      if (now - group.burstAt > BURST_WINDOW_MS || bytes.length >= group.burstBytes) {
-        group.burstBytes = bytes.length;
-        group.burstAt = now;
-      }
-      const limit = maxBufferedBytes + group.burstBytes;
-      const before = written;
-      for (const stream of group.streams) {
-        if (stream.writableLength > limit) {
-          cut(stream, group);
-        } else {
-          stream.write(bytes);
-          written++;
+    for (const [audience, rows] of audiencesOf(batch)) {
+      const frames = new Map<Transport, Buffer>();
+      for (const group of audience.groups) {
+        if (group.streams.size === 0) continue;
+        let bytes = frames.get(group.transport);
+        if (bytes === undefined) {
+          bytes = batch.frame(group.transport, rows);
+          frames.set(group.transport, bytes);
         }
+        written += writeGroup(group, bytes, now);
       }
-      metrics.written(group.transport.name, (written - before) * bytes.length);
     }
     lastWriteAt = now;
     return written;
+  }
+
+  /** Writes `bytes` to every stream of the group (cutting slow ones); returns how many. */
+  function writeGroup(group: Group, frame: Buffer, now: number): number {
+    // An empty chunk would end an HTTP/1.1 body.
+    if (frame.length === 0) return 0;
+    const bytes = group.chunked ? chunk(frame) : frame;
+    if (now - group.burstAt > BURST_WINDOW_MS || bytes.length >= group.burstBytes) {
+      group.burstBytes = bytes.length;
+      group.burstAt = now;
+    }
+    const limit = maxBufferedBytes + group.burstBytes;
+    let written = 0;
+    for (const stream of group.streams) {
+      if (stream.writableLength > limit) {
+        cut(stream, group);
+      } else {
+        stream.write(bytes);
+        written++;
+      }
+    }
+    metrics.written(group.transport.name, written * bytes.length);
+    return written;
+  }
+
+  function eachGroup(visit: (group: Group) => void): void {
+    for (const audience of audiences.values()) for (const group of audience.groups) visit(group);
   }
 
   function cut(stream: Stream, group: Group): void {
@@ -160,9 +285,34 @@ export function createHub(options: HubOptions): Hub {
       },
       'slow consumer cut off',
     );
-    group.streams.delete(stream);
+    leave(stream);
     stream.destroy();
     metrics.cut(group.transport.name);
+  }
+
+  // Ends the streams whose token has expired, with their closing frame: the client reconnects
+  // with a fresh token and resumes from its last row.
+  function sweepExpired(): void {
+    const now = Date.now();
+    let left = 0;
+    for (const [stream, member] of members) {
+      if (member.expiresAt === null) continue;
+      if (member.expiresAt > now) {
+        left++;
+        continue;
+      }
+      leave(stream);
+      stream.end(finalBytes(member.group.transport, member.group.chunked ? 'chunked' : 'raw'));
+      metrics.expired(member.group.transport.name);
+      log.debug(
+        { event: 'stream.expired', transport: member.group.transport.name },
+        'token expired',
+      );
+    }
+    if (left === 0 && expiryTimer !== null) {
+      clearInterval(expiryTimer);
+      expiryTimer = null;
+    }
   }
 
   // One timer for the whole hub. It fires HEARTBEAT_MS after the last write to all streams, so a
@@ -173,43 +323,73 @@ export function createHub(options: HubOptions): Hub {
     heartbeatTimer.unref();
   }
   function onHeartbeatTimer(): void {
-    if (Date.now() - lastWriteAt >= heartbeatMs) writeAll((transport) => transport.heartbeat);
+    const now = Date.now();
+    if (now - lastWriteAt >= heartbeatMs) {
+      eachGroup((group) => writeGroup(group, group.transport.heartbeat, now));
+      lastWriteAt = now;
+    }
     scheduleHeartbeat();
   }
   scheduleHeartbeat();
 
   return {
-    add(stream, transport, framing) {
-      groupOf(transport, framing === 'chunked').streams.add(stream);
+    add(stream, joining) {
+      join(stream, joining);
       stream.on('close', onClose);
       stream.on('error', onError);
-      log.debug({ event: 'stream.open', transport: transport.name, streams: size() }, 'opened');
+      log.debug(
+        { event: 'stream.open', transport: joining.transport.name, streams: size },
+        'opened',
+      );
     },
-    broadcast: writeAll,
+    broadcast,
     get size() {
-      return size();
+      return size;
     },
     sizes() {
       const sizes = new Map<TransportName, number>();
-      for (const { transport, streams } of groups) {
+      eachGroup(({ transport, streams }) => {
         sizes.set(transport.name, (sizes.get(transport.name) ?? 0) + streams.size);
-      }
+      });
       return sizes;
     },
+    channels: () => byChannel.size + byPrefix.size,
     closeAll() {
       if (heartbeatTimer !== null) clearTimeout(heartbeatTimer);
       heartbeatTimer = null;
-      for (const group of groups) {
+      if (expiryTimer !== null) clearInterval(expiryTimer);
+      expiryTimer = null;
+      eachGroup((group) => {
         const last = finalBytes(group.transport, group.chunked ? 'chunked' : 'raw');
         for (const stream of group.streams) stream.end(last);
-      }
+      });
     },
     destroyAll() {
-      for (const group of groups) {
+      eachGroup((group) => {
         for (const stream of group.streams) stream.destroy();
-      }
+      });
     },
   };
+}
+
+/** Adds or removes `audience` under `key`; returns +1 / -1 when the key itself came or went. */
+function update<K>(map: Map<K, Set<Audience>>, key: K, audience: Audience, change: 1 | -1): number {
+  let set = map.get(key);
+  if (change === 1) {
+    if (set === undefined) {
+      set = new Set();
+      map.set(key, set);
+      set.add(audience);
+      return 1;
+    }
+    set.add(audience);
+    return 0;
+  }
+  if (set === undefined) return 0;
+  set.delete(audience);
+  if (set.size > 0) return 0;
+  map.delete(key);
+  return -1;
 }
 
 /** What ends a stream: the transport's closing frame, then the last chunk where chunked. */

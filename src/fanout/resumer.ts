@@ -1,25 +1,22 @@
-import type { Replay } from '../core/types.js';
+import { matches, type Subscription } from '../core/subscription.js';
+import type { Replay, ResumeRequest } from '../core/types.js';
 import type { Logger } from '../log.js';
 import type { Transport } from '../transports/transport.js';
-
-/** A batch as the fan-out writes it: framed once per transport (memoized), and its cursor. */
-export interface Framed {
-  readonly lastSeq: number;
-  frame(transport: Transport): Buffer;
-}
+import type { Framed } from './framed.js';
 
 /**
- * Reads the replays for these row ids, up to a cursor it picks when the read starts (the last seq
+ * Reads the replays for these resumes, up to a cursor it picks when the read starts (the last seq
  * this process has been handed, or will be handed next): the Source directly, or the cluster
- * primary over IPC.
+ * primary over IPC. Answers in request order.
  */
 export type ReadReplays = (
-  sinces: readonly string[],
-) => Promise<{ upto: number; replays: ReadonlyMap<string, Replay> }>;
+  requests: readonly ResumeRequest[],
+) => Promise<{ upto: number; replays: readonly Replay[] }>;
 
 /** A stream waiting for its replay. */
 export interface Resuming {
   readonly transport: Transport;
+  readonly subscription: Subscription;
   /** Gets the replay and the live batches since, framed, and joins the hub at once; null: failed. */
   readonly done: (frame: Buffer | null) => void;
 }
@@ -42,40 +39,47 @@ export interface ResumerOptions {
 // times out after 10 s), bounded so a stalled read cannot hold memory without end.
 export const MAX_HELD_BATCHES = 1000;
 
+/** The resumes of one round that share a row id and a subscription: one answer for all. */
+interface Slot {
+  readonly request: ResumeRequest;
+  readonly waiters: Resuming[];
+}
+
 /**
  * Resumes streams (delivery contract 3 and 4): a stream that asks for the rows after a row id gets
- * them in seq order, then every live batch handed over while they were read, then joins the
- * live streams, with no gap and no duplicate. The read is bounded by the cursor `upto` it started
- * at; held batches up to `upto` are in the replay already and are skipped.
+ * those of its subscription in seq order, then every live batch's rows of it that were handed over
+ * while they were read, then joins the live streams, with no gap and no duplicate. The read is
+ * bounded by the cursor `upto` it started at; held batches up to `upto` are in the replay already
+ * and are skipped.
  *
  * Requests that arrive while a read is running wait for the next round; each round reads once for
- * all its row ids and frames each answer once per transport. `hold` must see each batch as it is
+ * all its resumes and frames each answer once per transport. `hold` must see each batch as it is
  * written to the streams, one by one (never merged: `upto` falls between batches).
  */
 export function createResumer(options: ResumerOptions): Resumer {
   const { read } = options;
   const log = options.logger.child({ mod: 'resume' });
   const replayed = options.replayed ?? (() => {});
-  let waiting = new Map<string, Resuming[]>();
+  let waiting = new Map<string, Slot>();
   let held: Framed[] | null = null;
   let overflowed = false;
   // A round is scheduled or running; requests meanwhile wait for the next one.
   let busy = false;
 
   async function round(): Promise<void> {
-    const group = waiting;
+    const slots = [...waiting.values()];
     waiting = new Map();
     held = [];
     overflowed = false;
     try {
-      const { upto, replays } = await read([...group.keys()]);
+      const { upto, replays } = await read(slots.map((slot) => slot.request));
       if (overflowed) throw new Error(`more than ${MAX_HELD_BATCHES} batches arrived meanwhile`);
       const live = held.filter((batch) => batch.lastSeq > upto);
-      for (const [since, waiters] of group) {
-        serve(waiters, replays.get(since) ?? { rows: [], gap: null }, live, since);
-      }
+      slots.forEach((slot, i) => {
+        serve(slot, replays[i] ?? { rows: [], gap: null }, live);
+      });
     } catch (err) {
-      const all = [...group.values()].flat();
+      const all = slots.flatMap((slot) => slot.waiters);
       log.warn({ event: 'replay.failed', err, streams: all.length }, 'replay failed; streams end');
       for (const waiter of all) waiter.done(null);
       replayed('failed', all.length);
@@ -86,45 +90,52 @@ export function createResumer(options: ResumerOptions): Resumer {
     }
   }
 
-  function serve(
-    waiters: readonly Resuming[],
-    replay: Replay,
-    live: readonly Framed[],
-    since: string,
-  ) {
+  function serve(slot: Slot, replay: Replay, live: readonly Framed[]): void {
+    const { since, subscription } = slot.request;
+    // The rows of each live batch this subscription reads (null: none).
+    const liveRows = live.map((batch) => rowsOf(batch, subscription));
     const frames = new Map<Transport, Buffer>();
-    for (const { transport, done } of waiters) {
+    for (const { transport, done } of slot.waiters) {
       let frame = frames.get(transport);
       if (frame === undefined) {
         const parts = replay.gap === null ? [] : [transport.gap(replay.gap)];
         if (replay.rows.length > 0) parts.push(transport.frame(replay.rows));
-        for (const batch of live) parts.push(batch.frame(transport));
+        live.forEach((batch, i) => {
+          const rows = liveRows[i];
+          if (rows !== null) parts.push(batch.frame(transport, rows));
+        });
         frame = Buffer.concat(parts);
         frames.set(transport, frame);
       }
       done(frame);
     }
-    replayed('ok', waiters.length);
+    replayed('ok', slot.waiters.length);
     const entry = {
       event: 'stream.replay',
       since,
+      channels: subscription.key,
       rows: replay.rows.length,
       firstSeq: replay.rows[0]?.seq,
       lastSeq: replay.rows[replay.rows.length - 1]?.seq,
       gap: replay.gap?.reason ?? null,
-      streams: waiters.length,
+      streams: slot.waiters.length,
     };
     // A gap is something the client sees; an operator may want a larger REPLAY_LIMIT.
-    if (replay.gap !== null)
+    if (replay.gap !== null) {
       log.info(entry, `resume not exact (${replay.gap.reason}); gap frame sent`);
-    else log.debug(entry, 'replayed');
+    } else log.debug(entry, 'replayed');
   }
 
   return {
     request(since, waiter) {
-      const group = waiting.get(since);
-      if (group !== undefined) group.push(waiter);
-      else waiting.set(since, [waiter]);
+      const key = `${since} ${waiter.subscription.key}`;
+      const slot = waiting.get(key);
+      if (slot !== undefined) slot.waiters.push(waiter);
+      else
+        waiting.set(key, {
+          request: { since, subscription: waiter.subscription },
+          waiters: [waiter],
+        });
       // Deferred, so that a burst of reconnects (a restart) shares one read.
       if (!busy) {
         busy = true;
@@ -139,18 +150,12 @@ export function createResumer(options: ResumerOptions): Resumer {
   };
 }
 
-/** A batch of rows framed lazily, once per transport. */
-export function framedRows(rows: Parameters<Transport['frame']>[0], lastSeq: number): Framed {
-  const frames = new Map<Transport, Buffer>();
-  return {
-    lastSeq,
-    frame(transport) {
-      let frame = frames.get(transport);
-      if (frame === undefined) {
-        frame = transport.frame(rows);
-        frames.set(transport, frame);
-      }
-      return frame;
-    },
-  };
+/** The indexes of the batch's rows the subscription reads: undefined for all, null for none. */
+function rowsOf(batch: Framed, subscription: Subscription): number[] | undefined | null {
+  if (subscription.all) return undefined;
+  const rows: number[] = [];
+  batch.channels.forEach((channel, i) => {
+    if (matches(subscription, channel)) rows.push(i);
+  });
+  return rows.length === 0 ? null : rows;
 }

@@ -18,8 +18,9 @@ export interface FrontOptions {
   /**
    * Serves this GET as a stream on the bare socket (response head, preamble, then keeps the
    * socket) and returns true; or returns false having written nothing, and node:http answers it.
+   * A promise (authorization is asynchronous) holds the socket paused until it settles.
    */
-  readonly serve: (socket: net.Socket, request: StreamRequest) => boolean;
+  readonly serve: (socket: net.Socket, request: StreamRequest) => boolean | Promise<boolean>;
 }
 
 // Same bounds as node:http's defaults: 16 KiB of request head, 10 s to send all of it (slowloris).
@@ -57,7 +58,16 @@ export function createFront(options: FrontOptions): Front {
       stop();
       const request = end === -1 ? null : parseHead(head.toString('latin1', 0, end));
       const served = request !== null && end + 4 === head.length && serve(socket, request);
-      if (!served) handOver(socket, head, http);
+      if (served === true) return;
+      if (served === false) return handOver(socket, head, http);
+      // Bytes that come meanwhile wait in the socket, behind the head, for node:http.
+      socket.pause();
+      served.then(
+        (done) => {
+          if (!done && !socket.destroyed) handOver(socket, head, http);
+        },
+        () => socket.destroy(),
+      );
     };
     // A plain timer, not socket.setTimeout(): that one leaves a Timeout and a bound function on
     // every socket for good (~170 bytes per stream), and it restarts on every byte.

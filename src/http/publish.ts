@@ -1,5 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { CHANNEL_NAME } from '../core/subscription.js';
+import { NO_CHANNEL_COLUMN } from '../errors.js';
 import type { Logger } from '../log.js';
 import { reply } from './reply.js';
 
@@ -8,7 +10,7 @@ export interface PublishOptions {
   readonly token: string | null;
   readonly maxContentBytes: number;
   /** Inserts a row; resolves with its id. */
-  readonly publish: (content: string) => Promise<string>;
+  readonly publish: (content: string, channel: string | null) => Promise<string>;
   readonly logger: Logger;
 }
 
@@ -26,7 +28,8 @@ const RETRY_AFTER_S = '5';
 const ENCODING_GROWTH = 6;
 
 /**
- * POST /messages: inserts `{"content": "…"}` (JSON) or `content=…` (form) as a new row, answers
+ * POST /messages: inserts `{"content": "…", "channel": "…"}` (JSON) or `content=…&channel=…`
+ * (form; channel optional) as a new row, answers
  * `201 {"id":…}`, and the caller wakes the tailer so it goes out at once. Bearer token required.
  */
 export function createPublishHandler(options: PublishOptions) {
@@ -51,8 +54,12 @@ export function createPublishHandler(options: PublishOptions) {
       );
     }
     let content: string;
+    let channel: string | null;
     try {
-      content = parse(req.headers['content-type'], await readBody(req, maxBodyBytes));
+      ({ content, channel } = parse(
+        req.headers['content-type'],
+        await readBody(req, maxBodyBytes),
+      ));
       const bytes = Buffer.byteLength(content);
       if (bytes > maxContentBytes) {
         throw new Refusal(
@@ -68,12 +75,18 @@ export function createPublishHandler(options: PublishOptions) {
     }
     let id: string;
     try {
-      id = await options.publish(content);
+      id = await options.publish(content, channel);
     } catch (err) {
+      if ((err as { code?: unknown }).code === NO_CHANNEL_COLUMN) {
+        return reply(res, 400, `${(err as Error).message}\n`);
+      }
       log.warn({ event: 'publish.failed', err }, 'could not insert the published row');
       return reply(res, 503, 'database unavailable, try again\n', { 'Retry-After': RETRY_AFTER_S });
     }
-    log.info({ event: 'publish.accepted', id, bytes: Buffer.byteLength(content) }, 'row published');
+    log.info(
+      { event: 'publish.accepted', id, channel, bytes: Buffer.byteLength(content) },
+      'row published',
+    );
     reply(res, 201, `{"id":${id}}\n`, { 'Content-Type': 'application/json' });
   };
 }
@@ -111,8 +124,11 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   });
 }
 
-/** The content of a JSON or form body. */
-function parse(contentType: string | undefined, body: Buffer): string {
+/** The content (and channel) of a JSON or form body. */
+function parse(
+  contentType: string | undefined,
+  body: Buffer,
+): { content: string; channel: string | null } {
   const type = (contentType ?? '').split(';')[0]?.trim().toLowerCase();
   if (type !== 'application/json' && type !== 'application/x-www-form-urlencoded') {
     throw new Refusal(
@@ -126,26 +142,36 @@ function parse(contentType: string | undefined, body: Buffer): string {
   } catch {
     throw new Refusal(400, 'body is not valid UTF-8');
   }
-  const content = type === 'application/json' ? jsonContent(text) : formContent(text);
-  if (content === '') throw new Refusal(400, 'content is empty');
-  return content;
+  const fields = type === 'application/json' ? jsonFields(text) : formFields(text);
+  if (fields.content === '') throw new Refusal(400, 'content is empty');
+  if (fields.channel !== null && !CHANNEL_NAME.test(fields.channel)) {
+    throw new Refusal(
+      400,
+      `channel ${JSON.stringify(fields.channel)}: expected 1 to 191 letters, digits or _ . : @ / = -`,
+    );
+  }
+  return fields;
 }
 
-function jsonContent(text: string): string {
+function jsonFields(text: string): { content: string; channel: string | null } {
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch {
     throw new Refusal(400, 'body is not JSON; expected {"content": "…"}');
   }
-  const content = (value as { content?: unknown } | null)?.content;
+  const { content, channel } = (value ?? {}) as { content?: unknown; channel?: unknown };
   if (typeof content !== 'string')
     throw new Refusal(400, 'expected {"content": "…"} with a string');
-  return content;
+  if (channel !== undefined && channel !== null && typeof channel !== 'string') {
+    throw new Refusal(400, 'expected "channel" to be a string');
+  }
+  return { content, channel: channel ?? null };
 }
 
-function formContent(text: string): string {
-  const content = new URLSearchParams(text).get('content');
+function formFields(text: string): { content: string; channel: string | null } {
+  const form = new URLSearchParams(text);
+  const content = form.get('content');
   if (content === null) throw new Refusal(400, 'expected a form field named content');
-  return content;
+  return { content, channel: form.get('channel') };
 }

@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import type { Config } from '../config.js';
+import { ChannelError, parseChannels, type Subscription } from '../core/subscription.js';
 import type { Transport } from '../transports/transport.js';
 
 /**
@@ -11,27 +12,49 @@ import type { Transport } from '../transports/transport.js';
 export interface StreamAsk {
   /** Resume after this row id (digits, no leading zeros), or null for live rows only. */
   readonly since: string | null;
+  /** The rows it reads (`channel` parameters; every row without any). */
+  readonly subscription: Subscription;
+  /** `access_token` of the query, for EventSource, which cannot send headers. */
+  readonly accessToken: string | null;
   /** The CORS headers its Origin earns. */
   readonly cors: Readonly<Record<string, string>>;
 }
 
 const MAX_ROW_ID = 2n ** 64n - 1n;
 
-/** The since and CORS headers of a stream request, or null when its resume id is not one. */
+/**
+ * The resume id, subscription and CORS headers of a stream request, or why it is refused (a
+ * 400: a resume id that is not a row id, a bad channel name, too many channels).
+ */
 export function streamAsk(
   query: string,
   lastEventId: string | undefined,
   origin: string | undefined,
-  allowOrigin: Config['allowOrigin'],
-): StreamAsk | null {
+  config: Pick<Config, 'allowOrigin' | 'maxChannels'>,
+): StreamAsk | { readonly refused: string } {
+  const params = new URLSearchParams(query);
   // EventSource sends Last-Event-ID on reconnect: it is newer than the since= of its URL.
-  const raw = lastEventId || new URLSearchParams(query).get('since') || null;
+  const raw = lastEventId || params.get('since') || null;
   let since: string | null = null;
   if (raw !== null && raw !== undefined) {
-    if (!/^\d{1,20}$/.test(raw) || BigInt(raw) > MAX_ROW_ID) return null;
+    if (!/^\d{1,20}$/.test(raw) || BigInt(raw) > MAX_ROW_ID) {
+      return { refused: 'since / Last-Event-ID must be a row id (decimal digits)' };
+    }
     since = BigInt(raw).toString();
   }
-  return { since, cors: corsHeaders(origin, allowOrigin) };
+  let subscription: Subscription;
+  try {
+    subscription = parseChannels(params.getAll('channel'), config.maxChannels);
+  } catch (err) {
+    if (!(err instanceof ChannelError)) throw err;
+    return { refused: err.message };
+  }
+  return {
+    since,
+    subscription,
+    accessToken: params.get('access_token') || null,
+    cors: corsHeaders(origin, config.allowOrigin),
+  };
 }
 
 /** The CORS headers a request from `origin` earns under ALLOW_ORIGIN. */

@@ -2,16 +2,32 @@ import { readFileSync } from 'node:fs';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Config } from '../config.js';
-import { chunk, type Framing, finalBytes, type Hub, type Stream } from '../fanout/hub.js';
+import type { Subscription } from '../core/subscription.js';
+import {
+  chunk,
+  type Framing,
+  finalBytes,
+  type Hub,
+  type Joining,
+  type Stream,
+} from '../fanout/hub.js';
 import type { Logger } from '../log.js';
 import { METRICS_CONTENT_TYPE, type Metrics } from '../metrics.js';
 import type { HealthReport } from '../source/log.js';
 import type { Transports } from '../transports/index.js';
 import type { Transport } from '../transports/transport.js';
+import { type AuthOutcome, createAuthorizer } from './auth.js';
 import { createFront, type StreamRequest } from './front.js';
 import { createPublishHandler } from './publish.js';
 import { reply } from './reply.js';
-import { corsHeaders, header, responseHead, splitTarget, streamAsk } from './request.js';
+import {
+  corsHeaders,
+  header,
+  responseHead,
+  type StreamAsk,
+  splitTarget,
+  streamAsk,
+} from './request.js';
 
 export interface ServerDeps {
   readonly hub: Hub;
@@ -25,12 +41,13 @@ export interface ServerDeps {
   readonly resume: (
     since: string,
     transport: Transport,
+    subscription: Subscription,
     done: (frame: Buffer | null) => void,
   ) => void;
-  /** Inserts a row for POST /messages and makes it go out at once; resolves with its id. */
-  readonly publish: (content: string) => Promise<string>;
+  /** Inserts a row (of a channel) for POST /messages and makes it go out at once; its id. */
+  readonly publish: (content: string, channel: string | null) => Promise<string>;
   /** Counts what happens to streams before they reach the hub. */
-  readonly metrics: Pick<Metrics, 'written' | 'rejected'>;
+  readonly metrics: Pick<Metrics, 'written' | 'rejected' | 'authRefused'>;
   /** The GET /metrics text: this server's figures (in a worker, the whole cluster's). */
   readonly scrape: () => Promise<string>;
   readonly logger: Logger;
@@ -55,6 +72,7 @@ const DEMO_PAGE = new URL('../../../public/index.html', import.meta.url);
 
 export function createServer(config: Config, deps: ServerDeps): HttpServer {
   const { hub, transports, logger } = deps;
+  const authorizer = createAuthorizer(config);
   const log = logger.child({ mod: 'http' });
   // Streams waiting for their replay: open, not in the hub yet, counted against MAX_STREAMS.
   const resuming = new Set<Stream>();
@@ -139,39 +157,70 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
         return reply(res, 503, 'server is shutting down\n', { 'Retry-After': RETRY_AFTER_S });
       }
       const query = splitTarget(req.url ?? '')?.query ?? '';
-      const ask = streamAsk(
-        query,
-        header(req, 'last-event-id'),
-        header(req, 'origin'),
-        config.allowOrigin,
-      );
-      if (ask === null) {
-        return reply(res, 400, 'since / Last-Event-ID must be a row id (decimal digits)\n');
-      }
-      if (req.method === 'HEAD') {
-        res.writeHead(200, { ...transport.headers, ...ask.cors }).end();
-        return;
-      }
-      if (!acceptsStream()) {
-        // Logged when the limit is reached, not for every refused client.
-        if (!full) {
-          log.warn({ event: 'stream.rejected', limit: config.maxStreams }, 'MAX_STREAMS reached');
+      const ask = streamAsk(query, header(req, 'last-event-id'), header(req, 'origin'), config);
+      if ('refused' in ask) return reply(res, 400, `${ask.refused}\n`);
+      void authorize(ask, header(req, 'authorization'), header(req, 'cookie')).then((outcome) => {
+        if (!outcome.ok) {
+          deps.metrics.authRefused(outcome.status);
+          return reply(res, outcome.status, outcome.body, { ...outcome.headers, ...ask.cors });
         }
-        full = true;
-        deps.metrics.rejected();
-        return reply(res, 503, 'too many open streams\n', { 'Retry-After': RETRY_AFTER_S });
-      }
-      full = false;
-      req.socket.setTimeout(0);
-      res.writeHead(200, { ...transport.headers, ...ask.cors });
-      if (transport.preamble.length > 0) res.write(transport.preamble);
-      deps.metrics.written(transport.name, transport.preamble.length);
-      join(res, transport, 'raw', ask.since);
+        openAuthorized(transport, ask, outcome.expiresAt, req, res);
+      });
     };
   }
 
-  /** Serves a stream on the bare socket, or returns false (refusals are node:http's to answer). */
-  function serveBareStream(socket: Socket, request: StreamRequest): boolean {
+  /** What a stream's credentials allow: always everything when authorization is off. */
+  function authorize(
+    ask: StreamAsk,
+    authorization: string | undefined,
+    cookie: string | undefined,
+  ): Promise<AuthOutcome> {
+    if (authorizer === null) return Promise.resolve({ ok: true, expiresAt: null });
+    return authorizer.authorize(
+      { authorization, cookie, accessToken: ask.accessToken },
+      ask.subscription,
+    );
+  }
+
+  function openAuthorized(
+    transport: Transport,
+    ask: StreamAsk,
+    expiresAt: number | null,
+    req: IncomingMessage,
+    res: ServerResponse,
+  ): void {
+    if (res.destroyed) return;
+    if (closing) {
+      reply(res, 503, 'server is shutting down\n', { 'Retry-After': RETRY_AFTER_S });
+      return;
+    }
+    if (req.method === 'HEAD') {
+      res.writeHead(200, { ...transport.headers, ...ask.cors }).end();
+      return;
+    }
+    if (!acceptsStream()) {
+      // Logged when the limit is reached, not for every refused client.
+      if (!full) {
+        log.warn({ event: 'stream.rejected', limit: config.maxStreams }, 'MAX_STREAMS reached');
+      }
+      full = true;
+      deps.metrics.rejected();
+      reply(res, 503, 'too many open streams\n', { 'Retry-After': RETRY_AFTER_S });
+      return;
+    }
+    full = false;
+    req.socket.setTimeout(0);
+    res.writeHead(200, { ...transport.headers, ...ask.cors });
+    if (transport.preamble.length > 0) res.write(transport.preamble);
+    deps.metrics.written(transport.name, transport.preamble.length);
+    join(res, { transport, framing: 'raw', subscription: ask.subscription, expiresAt }, ask.since);
+  }
+
+  /**
+   * Serves a stream on the bare socket, or returns false (refusals are node:http's to answer);
+   * a promise of that while its token is verified.
+   */
+  function serveBareStream(socket: Socket, request: StreamRequest): boolean | Promise<boolean> {
     const transport = streamRoutes.get(request.path);
     if (transport === undefined || !acceptsStream()) return false;
     const { headers } = request;
@@ -179,9 +228,23 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
       request.query,
       headers.get('last-event-id'),
       headers.get('origin'),
-      config.allowOrigin,
+      config,
     );
-    if (ask === null) return false;
+    if ('refused' in ask) return false;
+    if (authorizer === null) return serveBare(socket, request, transport, ask, null);
+    return authorize(ask, headers.get('authorization'), headers.get('cookie')).then((outcome) => {
+      if (!outcome.ok || socket.destroyed || !acceptsStream()) return false;
+      return serveBare(socket, request, transport, ask, outcome.expiresAt);
+    });
+  }
+
+  function serveBare(
+    socket: Socket,
+    request: StreamRequest,
+    transport: Transport,
+    ask: StreamAsk,
+    expiresAt: number | null,
+  ): true {
     full = false;
     const framing: Framing = request.http11 ? 'chunked' : 'raw';
     const head = responseHead(transport, ask.cors, request.http11);
@@ -189,15 +252,16 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     const body = framing === 'chunked' && preamble.length > 0 ? chunk(preamble) : preamble;
     socket.write(body.length === 0 ? head : Buffer.concat([head, body]));
     deps.metrics.written(transport.name, body.length);
-    join(socket, transport, framing, ask.since);
+    join(socket, { transport, framing, subscription: ask.subscription, expiresAt }, ask.since);
     return true;
   }
 
   /** Puts an open stream in the hub, after its replay when it resumes. */
-  function join(stream: Stream, transport: Transport, framing: Framing, since: string | null) {
-    if (since === null) return hub.add(stream, transport, framing);
+  function join(stream: Stream, joining: Joining, since: string | null) {
+    if (since === null) return hub.add(stream, joining);
+    const { transport, framing } = joining;
     resuming.add(stream);
-    deps.resume(since, transport, (frame) => {
+    deps.resume(since, transport, joining.subscription, (frame) => {
       resuming.delete(stream);
       if (stream.destroyed || stream.writableEnded) return;
       // Without its replay the stream would have a gap: end it, and the client retries.
@@ -207,7 +271,7 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
         stream.write(body);
         deps.metrics.written(transport.name, body.length);
       }
-      hub.add(stream, transport, framing);
+      hub.add(stream, joining);
     });
   }
 
@@ -215,7 +279,7 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
     res.writeHead(204, {
       ...corsHeaders(header(req, 'origin'), config.allowOrigin),
       'Access-Control-Allow-Methods': 'GET, HEAD',
-      'Access-Control-Allow-Headers': 'Last-Event-ID, Cache-Control',
+      'Access-Control-Allow-Headers': 'Last-Event-ID, Cache-Control, Authorization',
       'Access-Control-Max-Age': '600',
     });
     res.end();

@@ -23,7 +23,7 @@ export interface TableLog {
    */
   waitForSchema(): Promise<void>;
   /** Inserts a row and wakes the tailer, so it goes out now rather than at the next tick. */
-  publish(content: string): Promise<string>;
+  publish(content: string, channel: string | null): Promise<string>;
   /** Replays up to the tailer's cursor when the read starts (see Resumer). */
   readonly readReplays: ReadReplays;
   /** Stops the loop after the running tick, then closes the pool. */
@@ -73,13 +73,13 @@ export function createTableLog(
         }
       }
     },
-    async publish(content) {
-      const id = await source.insert(content);
+    async publish(content, channel) {
+      const id = await source.insert(content, channel);
       tailer.wake();
       metrics.published();
       return id;
     },
-    async readReplays(sinces) {
+    async readReplays(requests) {
       await tailer.started;
       // A client may resume from a row another instance delivered and this one has not tailed
       // yet: its replay would be empty and the tail would then send it the rows up to that one a
@@ -93,7 +93,7 @@ export function createTableLog(
       }
       // Read now, before the query: batches handed over from here on are past it.
       const upto = tailer.cursor ?? 0;
-      return { upto, replays: await source.replay(sinces, upto, config.replayLimit) };
+      return { upto, replays: await source.replay(requests, upto, config.replayLimit) };
     },
     async close() {
       stopping.abort();

@@ -14,6 +14,7 @@ export type Run = <T>(sql: string, values?: unknown[]) => Promise<T>;
 /** What start learnt of the table. */
 export interface TableShape {
   readonly hasCreatedAt: boolean;
+  readonly hasChannel: boolean;
 }
 
 const REQUIRED_COLUMNS = ['id', 'content', 'flag'] as const;
@@ -46,6 +47,7 @@ const DENIED_ERRORS = new Set([
 export async function prepareTable(
   run: Run,
   table: string,
+  channelColumn: string,
   database: string,
   logger: Logger,
 ): Promise<TableShape> {
@@ -56,7 +58,7 @@ export async function prepareTable(
       [table],
     );
     const have = new Set(columns.map((c) => c.name.toLowerCase()));
-    const statements = await missingStatements(run, table, have);
+    const statements = await missingStatements(run, table, channelColumn, have);
     if (statements.length > 0) {
       await runAll(run, statements, table);
       const created = have.size === 0;
@@ -64,7 +66,7 @@ export async function prepareTable(
         { event: created ? 'schema.created' : 'schema.migrated', table, statements },
         created ? `created ${table}` : `migrated ${table} to the delivery order (seq)`,
       );
-      if (created) return { hasCreatedAt: true };
+      if (created) return { hasCreatedAt: true, hasChannel: true };
     }
     const missing = REQUIRED_COLUMNS.filter((name) => !have.has(name));
     if (missing.length > 0) {
@@ -73,7 +75,10 @@ export async function prepareTable(
           'rowcast needs id, content and flag (see sql/schema.sql)',
       );
     }
-    return { hasCreatedAt: have.has('created_at') };
+    return {
+      hasCreatedAt: have.has('created_at'),
+      hasChannel: have.has(channelColumn.toLowerCase()),
+    };
   } catch (err) {
     const code = (err as { code?: unknown }).code;
     if (typeof code === 'string' && ACCESS_ERRORS.has(code)) {
@@ -84,10 +89,15 @@ export async function prepareTable(
 }
 
 /** The DDL (and the counter row) the table and its state still lack, in the order to run. */
-async function missingStatements(run: Run, table: string, have: ReadonlySet<string>) {
+async function missingStatements(
+  run: Run,
+  table: string,
+  channelColumn: string,
+  have: ReadonlySet<string>,
+) {
   const statements: string[] = [];
   if (have.size === 0) {
-    statements.push(createTableSql(table));
+    statements.push(createTableSql(table, channelColumn));
   } else if (REQUIRED_COLUMNS.every((name) => have.has(name))) {
     const [index] = await run<unknown[]>(
       `SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE()

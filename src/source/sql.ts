@@ -1,3 +1,5 @@
+import type { Subscription } from '../core/subscription.js';
+
 /**
  * The SQL of the table as a log, as pure functions of names and bounds: every statement rowcast
  * sends is built here, so unit tests can read them without a database. Identifiers are checked
@@ -18,21 +20,26 @@ export interface TableSql {
   readonly maxContentBytes: number;
   /** Whether the table has a created_at column. */
   readonly hasCreatedAt: boolean;
+  /** Its channel column (CHANNEL_COLUMN), or null when it has none: one implicit channel. */
+  readonly channelColumn: string | null;
 }
 
 const q = (name: string) => `\`${name}\``;
 const utf8 = (column: string) => `CONVERT(${column} USING utf8mb4)`;
 
 /** CREATE TABLE for a new streamed table (as sql/schema.sql, named `table`). */
-export function createTableSql(table: string): string {
+export function createTableSql(table: string, channelColumn = 'channel'): string {
+  const channel = q(channelColumn);
   return `CREATE TABLE IF NOT EXISTS ${q(table)} (
   id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
   content MEDIUMTEXT NOT NULL,
   flag TINYINT NOT NULL DEFAULT 0,
   created_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
   seq BIGINT UNSIGNED NULL DEFAULT NULL,
+  ${channel} VARCHAR(191) NOT NULL DEFAULT '',
   KEY flag_id (flag, id),
-  UNIQUE KEY seq (seq)
+  UNIQUE KEY seq (seq),
+  KEY channel_seq (${channel}, seq)
 ) DEFAULT CHARSET = utf8mb4`;
 }
 
@@ -115,19 +122,30 @@ export function advanceCounterSql(table: string, nextSeq: number): string {
  */
 export function rowsSql(
   t: TableSql,
-  range: { after: number; upto: number | null; limit: number; newest: boolean },
+  range: {
+    after: number;
+    upto: number | null;
+    limit: number;
+    newest: boolean;
+    /** Only the rows of these channels (a replay); every row when absent. */
+    subscription?: Subscription;
+  },
 ): string {
   const max = t.maxContentBytes;
   const order = range.newest ? 'DESC' : 'ASC';
   const upto = range.upto === null ? '' : ` AND seq <= ${range.upto}`;
+  const filter =
+    range.subscription === undefined ? null : channelFilterSql(t.channelColumn, range.subscription);
+  const only = filter === null ? '' : ` AND ${filter}`;
   const createdAt = t.hasCreatedAt ? 'ROUND(UNIX_TIMESTAMP(m.created_at) * 1000)' : 'NULL';
-  return `SELECT b.id, b.seq, b.bytes, b.upto, ${createdAt} AS created_ms,
+  const channel = t.channelColumn === null ? "''" : `m.${q(t.channelColumn)}`;
+  return `SELECT b.id, b.seq, b.bytes, b.upto, ${createdAt} AS created_ms, ${channel} AS channel,
   LEFT(CAST(${utf8('m.content')} AS BINARY), ${max}) AS content
 FROM (
   SELECT p.id, p.seq, p.bytes, SUM(LEAST(p.bytes, ${max})) OVER (ORDER BY p.seq ${order}) AS upto
   FROM (
     SELECT id, seq, COALESCE(OCTET_LENGTH(${utf8('content')}), 0) AS bytes
-    FROM ${q(t.table)} WHERE seq > ${range.after}${upto} ORDER BY seq ${order} LIMIT ${range.limit + 1}
+    FROM ${q(t.table)} WHERE seq > ${range.after}${upto}${only} ORDER BY seq ${order} LIMIT ${range.limit + 1}
   ) AS p
 ) AS b JOIN ${q(t.table)} AS m ON m.id = b.id
 WHERE b.upto - LEAST(b.bytes, ${max}) < ${BATCH_MAX_BYTES}
@@ -151,8 +169,29 @@ export function positionsSql(table: string, ids: readonly string[]): string {
     .join('\nUNION ALL ');
 }
 
-export function insertSql(table: string): string {
-  return `INSERT INTO ${q(table)} (content) VALUES (?)`;
+export function insertSql(table: string, channelColumn: string | null): string {
+  if (channelColumn === null) return `INSERT INTO ${q(table)} (content) VALUES (?)`;
+  return `INSERT INTO ${q(table)} (content, ${q(channelColumn)}) VALUES (?, ?)`;
+}
+
+/**
+ * The rows a subscription reads, as a condition on the channel column (null: every row). Names
+ * and prefixes are spliced in: CHANNEL_NAME admits no quote or backslash. In a table without a
+ * channel column every row is in the implicit channel '', which no name matches.
+ */
+export function channelFilterSql(column: string | null, subscription: Subscription): string | null {
+  if (subscription.all) return null;
+  if (column === null) return 'FALSE';
+  const c = q(column);
+  const parts: string[] = [];
+  if (subscription.exact.length > 0) {
+    parts.push(`${c} IN (${subscription.exact.map((name) => `'${name}'`).join(', ')})`);
+  }
+  for (const prefix of subscription.prefixes) {
+    // _ and % are LIKE wildcards; | is not a channel character, so it escapes them.
+    parts.push(`${c} LIKE '${prefix.replace(/[_%|]/g, '|$&')}%' ESCAPE '|'`);
+  }
+  return parts.length === 1 ? (parts[0] as string) : `(${parts.join(' OR ')})`;
 }
 
 /** The seqs a claim hands out for `count` rows when the counter stands at `nextSeq`. */

@@ -1,9 +1,11 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import mysql, { type PoolConnection, type ResultSetHeader } from 'mysql2/promise';
 import type { Config } from '../config.js';
-import type { Claim, Head, Row, Rows, Source } from '../core/types.js';
+import type { Subscription } from '../core/subscription.js';
+import type { Claim, Head, Replay, Row, Rows, Source } from '../core/types.js';
+import { NoChannelColumnError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { type Position, splitReplay } from './replay.js';
+import { type Position, splitReplay, startOf } from './replay.js';
 import { prepareTable } from './schema.js';
 import {
   advanceCounterSql,
@@ -50,7 +52,12 @@ export function createTableSource(
     bigNumberStrings: true,
   });
   const table = config.msgTable;
-  let shape: TableSql = { table, maxContentBytes: config.maxContentBytes, hasCreatedAt: false };
+  let shape: TableSql = {
+    table,
+    maxContentBytes: config.maxContentBytes,
+    hasCreatedAt: false,
+    channelColumn: null,
+  };
 
   /** Runs `work` on a pooled connection; one that failed is never reused (it may be half-dead). */
   async function withConnection<T>(work: (conn: PoolConnection) => Promise<T>): Promise<T> {
@@ -90,6 +97,7 @@ export function createTableSource(
     return {
       id: String(raw.id),
       seq: Number(raw.seq),
+      channel: raw.channel === null ? '' : String(raw.channel),
       content: raw.content === null ? null : decode(raw.content),
       truncatedFrom: Number(raw.bytes) > shape.maxContentBytes ? Number(raw.bytes) : null,
       createdAt: raw.created_ms === null ? null : Number(raw.created_ms),
@@ -155,8 +163,12 @@ export function createTableSource(
 
   return {
     async prepare() {
-      const found = await prepareTable(run, table, config.db.database, log);
-      shape = { ...shape, hasCreatedAt: found.hasCreatedAt };
+      const found = await prepareTable(run, table, config.channelColumn, config.db.database, log);
+      shape = {
+        ...shape,
+        hasCreatedAt: found.hasCreatedAt,
+        channelColumn: found.hasChannel ? config.channelColumn : null,
+      };
     },
 
     async head(): Promise<Head> {
@@ -179,29 +191,60 @@ export function createTableSource(
       return readRows({ after, upto: null, limit, newest: false }, true);
     },
 
-    async replay(sinces, upto, limit) {
-      if (sinces.length === 0) return new Map();
+    async replay(requests, upto, limit) {
+      if (requests.length === 0) return [];
+      const sinces = [...new Set(requests.map((request) => request.since))];
       const found = await run<{ id: unknown; seq: unknown; next_seq: unknown }[]>(
         positionsSql(table, sinces),
       );
-      const positions: Position[] = found.map((raw) => ({
-        since: String(raw.id),
-        seq: raw.seq === null ? null : Number(raw.seq),
-        nextSeq: raw.next_seq === null ? null : Number(raw.next_seq),
-      }));
-      const from = Math.min(
-        ...positions.map((p) => p.seq ?? (p.nextSeq === null ? upto : p.nextSeq - 1)),
+      const positions = new Map<string, Position>();
+      for (const raw of found) {
+        const since = String(raw.id);
+        positions.set(since, {
+          since,
+          seq: raw.seq === null ? null : Number(raw.seq),
+          nextSeq: raw.next_seq === null ? null : Number(raw.next_seq),
+        });
+      }
+      // One read per subscription, from the start furthest back among its resumes.
+      const bySubscription = new Map<
+        string,
+        { subscription: Subscription; positions: Position[] }
+      >();
+      for (const { since, subscription } of requests) {
+        const group = bySubscription.get(subscription.key) ?? { subscription, positions: [] };
+        group.positions.push(positions.get(since) as Position);
+        bySubscription.set(subscription.key, group);
+      }
+      const answers = new Map<string, Map<string, Replay>>();
+      for (const [key, group] of bySubscription) {
+        const from = Math.min(...group.positions.map((p) => startOf(p, upto).after));
+        const read =
+          from >= upto
+            ? { rows: [], more: false }
+            : await readRows(
+                { after: from, upto, limit, newest: true, subscription: group.subscription },
+                false,
+              );
+        answers.set(key, splitReplay(group.positions, upto, read));
+      }
+      return requests.map(
+        ({ since, subscription }) => answers.get(subscription.key)?.get(since) as Replay,
       );
-      const read =
-        from >= upto
-          ? { rows: [], more: false }
-          : await readRows({ after: from, upto, limit, newest: true }, false);
-      return splitReplay(positions, upto, read);
     },
 
-    async insert(content) {
-      const result = await run<ResultSetHeader>(insertSql(table), [content]);
+    async insert(content, channel) {
+      const column = shape.channelColumn;
+      if (column === null && channel !== null) {
+        throw new NoChannelColumnError(table, config.channelColumn);
+      }
+      const values = column === null ? [content] : [content, channel ?? ''];
+      const result = await run<ResultSetHeader>(insertSql(table, column), values);
       return String(result.insertId);
+    },
+
+    get hasChannels() {
+      return shape.channelColumn !== null;
     },
 
     async close() {
@@ -214,6 +257,7 @@ export function createTableSource(
 interface FoundRow {
   readonly id: unknown;
   readonly seq: unknown;
+  readonly channel: unknown;
   /** `created_at` in ms since the epoch, as DECIMAL text, or null. */
   readonly created_ms: unknown;
   readonly content: Buffer | null;

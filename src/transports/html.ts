@@ -24,7 +24,8 @@ body{font:15px/1.45 system-ui,sans-serif;margin:0;padding:.5rem 1rem;color:#1d24
 
 /**
  * The "forever frame": an HTML page that never ends, one
- * `<div class="msg" data-id="ID" data-seq="SEQ">` per row; `<div class="gap">` where a resume
+ * `<div class="msg" data-id="ID" data-seq="SEQ" data-channel="CHANNEL">` per row (no data-channel
+ * for the implicit channel); `<div class="gap">` where a resume
  * cannot be exact.
  * Every fragment ends with a newline so `curl -N` and line-buffered tools print it at once.
  */
@@ -35,6 +36,7 @@ export function createHtmlTransport(options: { padBytes: number }): Transport {
     preamble: Buffer.from(PREAMBLE + padding(options.padBytes)),
     heartbeat: Buffer.from('<!-- -->\n'),
     closing: Buffer.from('<!-- rowcast: server shutting down -->\n</body></html>\n'),
+    fragment: fragment,
     frame: (batch) => Buffer.from(batch.map(fragment).join('')),
     gap: (gap) => Buffer.from(gapFragment(gap)),
   };
@@ -43,7 +45,9 @@ export function createHtmlTransport(options: { padBytes: number }): Transport {
 function fragment(row: Row): string {
   const note = cutNote(row);
   const cut = note === '' ? '' : `<span class="truncated">${note}</span>`;
-  return `<div class="msg" data-id="${row.id}" data-seq="${row.seq}">${escapeHtml(row.content ?? '')}${cut}</div>\n`;
+  // Channel names are of CHANNEL_NAME's characters: nothing to escape in an attribute.
+  const channel = row.channel === '' ? '' : ` data-channel="${row.channel}"`;
+  return `<div class="msg" data-id="${row.id}" data-seq="${row.seq}"${channel}>${escapeHtml(row.content ?? '')}${cut}</div>\n`;
 }
 
 function gapFragment(gap: Gap): string {

@@ -2,7 +2,13 @@ import type { Config } from '../config.js';
 import { createHtmlTransport } from './html.js';
 import { createNdjsonTransport } from './ndjson.js';
 import { createSseTransport } from './sse.js';
-import type { Row, Transport, TransportName } from './transport.js';
+import {
+  frameRows,
+  type Row,
+  type RowFrames,
+  type Transport,
+  type TransportName,
+} from './transport.js';
 
 /** Every wire format the server offers, by name. Primary and workers build the same set. */
 export type Transports = Readonly<Record<TransportName, Transport>>;
@@ -15,11 +21,11 @@ export function createTransports(config: Config): Transports {
   };
 }
 
-/** A batch framed once per transport, keyed by transport name. */
-export function frameAll(transports: Transports, batch: readonly Row[]): Map<string, Buffer> {
-  const frames = new Map<string, Buffer>();
+/** A batch framed once per transport, each row addressable, keyed by transport name. */
+export function frameAll(transports: Transports, batch: readonly Row[]): Map<string, RowFrames> {
+  const frames = new Map<string, RowFrames>();
   for (const transport of Object.values(transports)) {
-    frames.set(transport.name, transport.frame(batch));
+    frames.set(transport.name, frameRows(transport, batch));
   }
   return frames;
 }

@@ -15,6 +15,8 @@ export interface Transport {
   readonly heartbeat: Buffer;
   /** Sent last when the server shuts down (may be empty). */
   readonly closing: Buffer;
+  /** One row's bytes as text: a batch's frame is its rows' fragments, one after another. */
+  fragment(row: Row): string;
   frame(batch: readonly Row[]): Buffer;
   /** What a resume that cannot be exact gets before its rows (delivery contract 4). */
   gap(gap: Gap): Buffer;
@@ -39,4 +41,22 @@ export function gapNote(gap: Gap): string {
   return gap.reason === 'limit'
     ? `older rows after ${gap.since} left out (REPLAY_LIMIT)`
     : `row ${gap.since} is not in the delivery order; rows after it by id follow, some may be missing or repeated`;
+}
+
+/** A batch's frame for one transport, and where each row's fragment ends in it (byte offsets). */
+export interface RowFrames {
+  readonly bytes: Uint8Array;
+  readonly ends: readonly number[];
+}
+
+/** Frames each row once: the batch's bytes, with every row's fragment addressable. */
+export function frameRows(transport: Transport, rows: readonly Row[]): RowFrames {
+  const fragments = rows.map((row) => transport.fragment(row));
+  const ends: number[] = [];
+  let end = 0;
+  for (const fragment of fragments) {
+    end += Buffer.byteLength(fragment);
+    ends.push(end);
+  }
+  return { bytes: Buffer.from(fragments.join('')), ends };
 }

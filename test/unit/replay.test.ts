@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { test } from 'node:test';
+import { EVERY_ROW } from '../../src/core/subscription.js';
 import type { Replay, Row } from '../../src/core/types.js';
+import type { Framed } from '../../src/fanout/framed.js';
 import {
   createResumer,
-  type Framed,
   MAX_HELD_BATCHES,
   type ReadReplays,
   type Resumer,
@@ -23,6 +24,7 @@ function row(seq: number): Row {
   return {
     id: String(100 + seq),
     seq,
+    channel: '',
     content: `row ${seq}`,
     truncatedFrom: null,
     createdAt: null,
@@ -155,7 +157,7 @@ function transport(name: 'html' | 'sse' | 'ndjson'): Transport & { framed: numbe
 
 /** A live batch as the fan-out holds it: framed as `sse:b<lastSeq>;`. */
 function batch(lastSeq: number): Framed {
-  return { lastSeq, frame: (t) => Buffer.from(`${t.name}:b${lastSeq};`) };
+  return { lastSeq, channels: [], frame: (t) => Buffer.from(`${t.name}:b${lastSeq};`) };
 }
 
 /** A read the test answers: each call waits until the test resolves or rejects it. */
@@ -167,9 +169,20 @@ function fakeRead() {
   }
   const calls: Call[] = [];
   const arrivals: (() => void)[] = [];
-  const read: ReadReplays = (sinces) =>
+  // The tests answer by row id; the resumer reads answers in request order.
+  const read: ReadReplays = (requests) =>
     new Promise((resolve, reject) => {
-      calls.push({ sinces: [...sinces], resolve, reject });
+      calls.push({
+        sinces: requests.map((request) => request.since),
+        resolve: ({ upto, replays }) =>
+          resolve({
+            upto,
+            replays: requests.map(
+              (request) => replays.get(request.since) ?? { rows: [], gap: null },
+            ),
+          }),
+        reject,
+      });
       for (const arrived of arrivals.splice(0)) arrived();
     });
   return {
@@ -192,6 +205,7 @@ function waiter(t: Transport) {
   });
   const resuming: Resuming = {
     transport: t,
+    subscription: EVERY_ROW,
     done(frame) {
       got.push(frame === null ? null : frame.toString());
       settle(frame === null ? null : frame.toString());

@@ -1,11 +1,14 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
+import { EVERY_ROW, parseChannels } from '../../src/core/subscription.js';
 import {
+  channelFilterSql,
   claimSql,
   createStateRowSql,
   createStateTableSql,
   createTableSql,
+  insertSql,
   migrateTableSql,
   pickSql,
   rowsSql,
@@ -16,7 +19,12 @@ import {
 // The statements of the table as a log (docs/delivery.md 1, 3 and 6), read without a database,
 // and the SQL files an operator runs by hand, which must say what the code does.
 
-const MSG: TableSql = { table: 'msg', maxContentBytes: 1000, hasCreatedAt: true };
+const MSG: TableSql = {
+  table: 'msg',
+  maxContentBytes: 1000,
+  hasCreatedAt: true,
+  channelColumn: 'channel',
+};
 
 /** The `WHEN id THEN seq` pairs of a claim, in the order written. */
 function claimedSeqs(sql: string): [string, number][] {
@@ -134,8 +142,9 @@ test('sql/schema.sql holds exactly the statements rowcast runs for a new table m
     ),
   );
   // The file has the log's column and index (a check that the comparison compares something).
-  assert.match(sqlFile('schema.sql'), /seq BIGINT UNSIGNED NULL DEFAULT NULL,\s+KEY flag_id/);
+  assert.match(sqlFile('schema.sql'), /seq BIGINT UNSIGNED NULL DEFAULT NULL,\s+channel VARCHAR/);
   assert.match(sqlFile('schema.sql'), /UNIQUE KEY seq \(seq\)/);
+  assert.match(sqlFile('schema.sql'), /KEY channel_seq \(channel, seq\)/);
 });
 
 test('sql/migrate.sql holds exactly the statements rowcast runs to migrate a v1 table msg', () => {
@@ -154,4 +163,24 @@ test('the comparison of statements sees a changed statement', () => {
     statements(createTableSql('msg')),
     statements(createTableSql('msg').replace('UNIQUE KEY seq', 'KEY seq')),
   );
+});
+
+test('channelFilterSql: names with IN, prefixes with an escaped LIKE, none for every row', () => {
+  const sub = parseChannels(['room_1', 'b', 'orders:*', 'a_b*'], 64);
+  assert.equal(
+    channelFilterSql('channel', sub),
+    "(`channel` IN ('b', 'room_1') OR `channel` LIKE 'a|_b%' ESCAPE '|' OR `channel` LIKE 'orders:%' ESCAPE '|')",
+  );
+  assert.equal(channelFilterSql('channel', parseChannels(['x'], 64)), "`channel` IN ('x')");
+  assert.equal(channelFilterSql('channel', EVERY_ROW), null);
+  // A table without a channel column has only the implicit channel, which no name matches.
+  assert.equal(channelFilterSql(null, sub), 'FALSE');
+  const replay = rowsSql(MSG, { after: 1, upto: 9, limit: 10, newest: true, subscription: sub });
+  assert.match(replay, /WHERE seq > 1 AND seq <= 9 AND \(`channel` IN/);
+  assert.match(replay, /m\.`channel` AS channel/);
+});
+
+test('insertSql names the channel column only when the table has one', () => {
+  assert.equal(insertSql('msg', null), 'INSERT INTO `msg` (content) VALUES (?)');
+  assert.equal(insertSql('msg', 'room'), 'INSERT INTO `msg` (content, `room`) VALUES (?, ?)');
 });
