@@ -3,14 +3,23 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { type Collected, type FromClient, monotonicMs, type ToClient } from './protocol.js';
 
 // A load-generator process (forked by bench/clients.ts). It holds thousands of raw TCP streams
-// from one loopback source address and parses only what the bench needs from each row:
-// `data-id="ID" data-seq="SEQ">SENT_US</div>`, where SENT_US is the insert time in µs on the
-// monotonic clock (a fragment without data-seq, rowcast v1's, is read with seq 0).
+// from one loopback source address, each a plain `GET /stream` or `GET /stream?channel=NAME`, and
+// parses only what the bench needs from each row:
+// `data-id="ID" data-seq="SEQ" data-channel="CH">SENT_US</div>` (no data-channel for the channel
+// ''), where SENT_US is the insert time in µs on the monotonic clock (a fragment without
+// data-seq, rowcast v1's, is read with seq 0). Other attributes before `>` are skipped.
 // The hot path allocates nothing per row: one shared read buffer for every socket, typed arrays
 // for per-stream state, and a copy only for the rare row cut across two reads.
 
 const MARK = Buffer.from('data-id="');
 const SEQ_MARK = Buffer.from(' data-seq="');
+const CHANNEL_MARK = Buffer.from(' data-channel="');
+const QUOTE = 34;
+const GT = 62;
+// streamChannel of a stream without a channel: it reads every row.
+const EVERY_ROW = -1;
+// rowChannel of a row whose channel no stream of this client asked for.
+const NO_STREAM = -2;
 const READ_BUFFER = Buffer.alloc(64 * 1024);
 const DIGIT_0 = 48;
 const DIGIT_9 = 57;
@@ -21,21 +30,33 @@ let established = new Uint8Array(0);
 let isOpen = new Uint8Array(0);
 let lastSeq = new Float64Array(0);
 let openCount = 0;
+// The channels this client's streams asked for, and each stream's (an index, or EVERY_ROW).
+let channelIndex = new Map<string, number>();
+let streamChannel = new Int32Array(0);
 
 // The current phase.
 let base = 0;
 let expected = 0;
 let bytesPerStream = 0;
 let seen = new Uint8Array(0);
+// Per row of the phase: its channel's index here (or NO_STREAM), its `data-channel` bytes.
+let rowChannel = new Int32Array(0);
+let rowLabel: Buffer[] = [];
+// Rows of the phase per channel index.
+let rowsOfChannel = new Int32Array(0);
 // The seq each expected row came with on the first stream that got it (0: not yet seen).
 let seqOf = new Float64Array(0);
 let openAtStart = new Uint8Array(0);
 let latencies = new Float32Array(0);
+let latencyOffsets = new Uint32Array(0);
+let expectedDeliveries = 0;
 let received = 0;
 let duplicated = 0;
 let outOfOrder = 0;
 let seqMismatch = 0;
 let unexpected = 0;
+let wrongChannel = 0;
+let channelLabelMismatch = 0;
 let closed = 0;
 let firstReceipt = 0;
 let lastReceipt = 0;
@@ -53,11 +74,11 @@ process.on('message', (message: ToClient) => {
       connectAll(message).then(send, (err: Error) => send({ t: 'error', message: err.message }));
       break;
     case 'expect':
-      startPhase(message.base, message.count);
-      send({ t: 'progress', received, open: openCount });
+      startPhase(message.base, message.count, message.channels);
+      send(progress());
       break;
     case 'progress':
-      send({ t: 'progress', received, open: openCount });
+      send(progress());
       break;
     case 'collect':
       send(collect());
@@ -74,12 +95,28 @@ function connectAll(command: Extract<ToClient, { t: 'connect' }>): Promise<FromC
   established = new Uint8Array(count);
   isOpen = new Uint8Array(count);
   lastSeq = new Float64Array(count);
+  channelIndex = new Map();
+  streamChannel = new Int32Array(count).fill(EVERY_ROW);
+  for (let index = 0; index < count; index++) {
+    const channel = command.channels?.[index] ?? '';
+    if (channel === '') continue;
+    let known = channelIndex.get(channel);
+    if (known === undefined) {
+      known = channelIndex.size;
+      channelIndex.set(channel, known);
+    }
+    streamChannel[index] = known;
+  }
   const failures: Record<string, number> = {};
   const started = Date.now();
   const stopStartingAt = started + command.deadlineMs;
-  const request = Buffer.from(
-    `GET /stream HTTP/1.1\r\nHost: ${command.host}:${command.port}\r\nUser-Agent: rowcast-bench\r\n\r\n`,
-  );
+  const head = `HTTP/1.1\r\nHost: ${command.host}:${command.port}\r\nUser-Agent: rowcast-bench\r\n\r\n`;
+  const plainRequest = Buffer.from(`GET /stream ${head}`);
+  // Channel names are of letters, digits and `_ . : @ / = -`: nothing to escape in a query.
+  const requestOf = (index: number) => {
+    const channel = command.channels?.[index] ?? '';
+    return channel === '' ? plainRequest : Buffer.from(`GET /stream?channel=${channel} ${head}`);
+  };
   let next = 0;
   let inFlight = 0;
   let ok = 0;
@@ -144,7 +181,7 @@ function connectAll(command: Extract<ToClient, { t: 'connect' }>): Promise<FromC
       });
       sockets[index] = socket;
       socket.setTimeout(command.timeoutMs, () => fail('timeout'));
-      socket.on('connect', () => socket.write(request));
+      socket.on('connect', () => socket.write(requestOf(index)));
       socket.on('error', (err: NodeJS.ErrnoException) => fail(err.code ?? 'error'));
       socket.on('close', () => {
         fail('closed');
@@ -200,6 +237,20 @@ function onRows(index: number, bytes: number): void {
       }
       p++; // `"`
     }
+    let labelStart = 0;
+    let labelEnd = 0;
+    const channelEnd = p + CHANNEL_MARK.length;
+    if (
+      channelEnd <= data.length &&
+      data.compare(CHANNEL_MARK, 0, CHANNEL_MARK.length, p, channelEnd) === 0
+    ) {
+      labelStart = channelEnd;
+      labelEnd = data.indexOf(QUOTE, labelStart);
+      if (labelEnd === -1 || labelEnd > end) labelEnd = labelStart;
+      p = labelEnd;
+    }
+    // Up to the end of the tag, whatever other attributes come.
+    while (p < end && data[p] !== GT) p++;
     p++; // `>`
     let sentUs = 0;
     c = data[p] ?? 0;
@@ -207,12 +258,21 @@ function onRows(index: number, bytes: number): void {
       sentUs = sentUs * 10 + c - DIGIT_0;
       c = data[++p] ?? 0;
     }
-    record(index, id, seq, now - sentUs / 1000, now);
+    record(index, id, seq, now - sentUs / 1000, now, data, labelStart, labelEnd);
     at = data.indexOf(MARK, p);
   }
 }
 
-function record(index: number, id: number, seq: number, latencyMs: number, now: number): void {
+function record(
+  index: number,
+  id: number,
+  seq: number,
+  latencyMs: number,
+  now: number,
+  data: Buffer,
+  labelStart: number,
+  labelEnd: number,
+): void {
   // Delivery order is seq order (docs/delivery.md 2).
   if (seq < (lastSeq[index] as number)) outOfOrder++;
   lastSeq[index] = seq;
@@ -221,6 +281,22 @@ function record(index: number, id: number, seq: number, latencyMs: number, now: 
   const offset = id - base;
   if (offset < 0 || offset >= expected) {
     unexpected++;
+    return;
+  }
+  // The frame names the row's channel (none for ''), compared without copying it.
+  const label = rowLabel[offset] as Buffer;
+  const labelLength = labelEnd - labelStart;
+  if (
+    labelLength !== label.length ||
+    (labelLength > 0 && data.compare(label, 0, labelLength, labelStart, labelEnd) !== 0)
+  ) {
+    channelLabelMismatch++;
+  }
+  // A stream of a channel gets only that channel's rows, one without a channel every row.
+  const wanted = streamChannel[index] as number;
+  if (wanted !== EVERY_ROW && wanted !== rowChannel[offset]) {
+    unexpected++;
+    wrongChannel++;
     return;
   }
   const byte = index * bytesPerStream + (offset >> 3);
@@ -236,22 +312,60 @@ function record(index: number, id: number, seq: number, latencyMs: number, now: 
   const known = seqOf[offset] as number;
   if (seq === 0 || (known !== 0 && known !== seq)) seqMismatch++;
   else if (known === 0) seqOf[offset] = seq;
+  if (latencyOffsets.length > 0) latencyOffsets[received] = offset;
   latencies[received++] = latencyMs;
 }
 
-function startPhase(first: number, count: number): void {
+/** How many rows of the phase stream `index` should get: all, or those of its channel. */
+function expectedOn(index: number): number {
+  const wanted = streamChannel[index] as number;
+  return wanted === EVERY_ROW ? expected : (rowsOfChannel[wanted] as number);
+}
+
+function progress(): FromClient {
+  let goal = 0;
+  for (let index = 0; index < isOpen.length; index++) {
+    if (isOpen[index] === 1 && openAtStart[index] === 1) goal += expectedOn(index);
+  }
+  return { t: 'progress', received, open: openCount, expected: goal };
+}
+
+function startPhase(first: number, count: number, channels?: readonly string[]): void {
   base = first;
   expected = count;
   bytesPerStream = Math.ceil(count / 8);
   seen = new Uint8Array(sockets.length * bytesPerStream);
   seqOf = new Float64Array(count);
+  rowChannel = new Int32Array(count);
+  rowLabel = new Array(count);
+  rowsOfChannel = new Int32Array(channelIndex.size);
+  const labels = new Map<string, Buffer>();
+  for (let offset = 0; offset < count; offset++) {
+    const channel = channels?.[offset] ?? '';
+    const known = channelIndex.get(channel);
+    rowChannel[offset] = known ?? NO_STREAM;
+    if (known !== undefined) rowsOfChannel[known] = (rowsOfChannel[known] as number) + 1;
+    let label = labels.get(channel);
+    if (label === undefined) {
+      label = Buffer.from(channel);
+      labels.set(channel, label);
+    }
+    rowLabel[offset] = label;
+  }
   openAtStart = isOpen.slice();
-  latencies = new Float32Array(openCount * count);
+  expectedDeliveries = 0;
+  for (let index = 0; index < openAtStart.length; index++) {
+    if (openAtStart[index] === 1) expectedDeliveries += expectedOn(index);
+  }
+  latencies = new Float32Array(expectedDeliveries);
+  latencyOffsets = new Uint32Array(channels === undefined ? 0 : expectedDeliveries);
   received = 0;
   duplicated = 0;
   outOfOrder = 0;
   seqMismatch = 0;
   unexpected = 0;
+  wrongChannel = 0;
+  channelLabelMismatch = 0;
   closed = 0;
   firstReceipt = 0;
   lastReceipt = 0;
@@ -262,19 +376,21 @@ function startPhase(first: number, count: number): void {
 
 function collect(): Collected {
   loopDelay.disable();
-  let streams = 0;
-  for (const open of openAtStart) streams += open;
   const cpu = process.cpuUsage(cpuAtStart);
   return {
     t: 'collected',
     latencies: latencies.slice(0, received),
+    latencyOffsets: latencyOffsets.slice(0, Math.min(received, latencyOffsets.length)),
+    expected: expectedDeliveries,
     received,
-    lost: streams * expected - received,
+    lost: expectedDeliveries - received,
     duplicated,
     outOfOrder,
     seqMismatch,
     seqs: seqOf,
     unexpected,
+    wrongChannel,
+    channelLabelMismatch,
     closed,
     firstReceipt,
     lastReceipt,

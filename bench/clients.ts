@@ -12,9 +12,13 @@ export interface ClientPool {
    * own source address. The replies come in client order, each with the instance it targets.
    */
   connect(options: ConnectOptions): Promise<(Connected & { readonly instance: number })[]>;
-  /** Starts a phase on every client; resolves once every client has reset its counters. */
-  expect(base: number, count: number): Promise<void>;
-  progress(): Promise<{ received: number; open: number }>;
+  /**
+   * Starts a phase on every client (the rows' channels, when they have any); resolves once every
+   * client has reset its counters.
+   */
+  expect(base: number, count: number, channels?: readonly string[]): Promise<void>;
+  /** Deliveries so far, streams open, and deliveries those streams should get in this phase. */
+  progress(): Promise<{ received: number; open: number; expected: number }>;
   collect(): Promise<Collected[]>;
   /** Asks every client to exit; kills those still running after a short grace. */
   close(): Promise<void>;
@@ -31,6 +35,11 @@ export interface ConnectOptions {
   readonly concurrency: number;
   readonly timeoutMs: number;
   readonly deadlineMs: number;
+  /**
+   * The channel of each stream (`?channel=NAME`, '' for none), `streams` of them: client i gets
+   * the slice after those of clients 0 … i-1. No list: every stream is a plain `GET /stream`.
+   */
+  readonly channels?: readonly string[];
 }
 
 // A reply that does not come within this long means the client is stuck or dead.
@@ -64,6 +73,11 @@ export function startClients(count: number): ClientPool {
         const streams = split(options.streams, instances, instance);
         return split(streams, clientsOfInstance, Math.floor(index / instances));
       };
+      const offsets = children.map((_, index) => {
+        let offset = 0;
+        for (let before = 0; before < index; before++) offset += share(before);
+        return offset;
+      });
       const replies = await all<Connected>(
         (index) => ({
           t: 'connect',
@@ -74,19 +88,31 @@ export function startClients(count: number): ClientPool {
           concurrency: Math.max(1, Math.floor(options.concurrency / count)),
           timeoutMs: options.timeoutMs,
           deadlineMs: options.deadlineMs,
+          ...(options.channels === undefined
+            ? {}
+            : {
+                channels: options.channels.slice(
+                  offsets[index] as number,
+                  (offsets[index] as number) + share(index),
+                ),
+              }),
         }),
         options.deadlineMs + options.timeoutMs + REPLY_TIMEOUT_MS,
       );
       return replies.map((reply, index) => ({ ...reply, instance: instanceOf(index) }));
     },
-    async expect(base, rows) {
-      await all<Progress>(() => ({ t: 'expect', base, count: rows }), REPLY_TIMEOUT_MS);
+    async expect(base, rows, channels) {
+      await all<Progress>(
+        () => ({ t: 'expect', base, count: rows, ...(channels === undefined ? {} : { channels }) }),
+        REPLY_TIMEOUT_MS,
+      );
     },
     async progress() {
       const replies = await all<Progress>(() => ({ t: 'progress' }), REPLY_TIMEOUT_MS);
       return {
         received: replies.reduce((sum, reply) => sum + reply.received, 0),
         open: replies.reduce((sum, reply) => sum + reply.open, 0),
+        expected: replies.reduce((sum, reply) => sum + reply.expected, 0),
       };
     },
     collect() {

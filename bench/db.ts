@@ -25,8 +25,11 @@ export interface BenchDb {
   urlVia(host: string, port: number): string;
   /** Drops and creates the database: a fresh, empty one for each scenario. */
   recreate(): Promise<void>;
-  /** Inserts rows in one statement; resolves with the first id (the others follow it). */
-  insert(contents: readonly string[]): Promise<number>;
+  /**
+   * Inserts rows in one statement, each to its channel when `channels` is given (else the
+   * column's default, ''); resolves with the first id (the others follow it).
+   */
+  insert(contents: readonly string[], channels?: readonly string[]): Promise<number>;
   /** The id the next insert gets (the bench is the only writer). */
   nextId(): Promise<number>;
   globalStatus(): Promise<Status>;
@@ -81,11 +84,16 @@ export async function openBenchDb(name: string): Promise<BenchDb> {
       await query(`DROP DATABASE IF EXISTS ${quoted}`);
       await query(`CREATE DATABASE ${quoted} CHARACTER SET utf8mb4`);
     },
-    async insert(contents) {
-      const result = await query<{ insertId: number }>(
-        `INSERT INTO ${quoted}.msg (content) VALUES ?`,
-        [contents.map((content) => [content])],
-      );
+    async insert(contents, channels) {
+      const result =
+        channels === undefined
+          ? await query<{ insertId: number }>(`INSERT INTO ${quoted}.msg (content) VALUES ?`, [
+              contents.map((content) => [content]),
+            ])
+          : await query<{ insertId: number }>(
+              `INSERT INTO ${quoted}.msg (content, channel) VALUES ?`,
+              [contents.map((content, i) => [content, channels[i] ?? ''])],
+            );
       return Number(result.insertId);
     },
     async nextId() {

@@ -13,12 +13,22 @@ export type ToClient =
       readonly timeoutMs: number;
       /** No connection is started after this long. */
       readonly deadlineMs: number;
+      /**
+       * The channel each stream subscribes to (`?channel=NAME`), one per stream; '' (or no list)
+       * for a plain `GET /stream`, which reads every row.
+       */
+      readonly channels?: readonly string[];
     }
   | {
-      /** Starts a phase: rows with ids base … base+count-1 are expected on every stream. */
+      /**
+       * Starts a phase: rows with ids base … base+count-1, each expected on the streams of its
+       * channel and on every stream without one.
+       */
       readonly t: 'expect';
       readonly base: number;
       readonly count: number;
+      /** The channel of each row (by offset from base); no list: every row is in ''. */
+      readonly channels?: readonly string[];
     }
   | { readonly t: 'progress' }
   | { readonly t: 'collect' }
@@ -38,12 +48,18 @@ export interface Progress {
   readonly received: number;
   /** Streams open right now. */
   readonly open: number;
+  /** Deliveries expected on the streams open now (and at the phase's start): the goal. */
+  readonly expected: number;
 }
 
 export interface Collected {
   readonly t: 'collected';
   /** Insert → receipt, ms, one per distinct expected delivery. */
   readonly latencies: Float32Array;
+  /** The row (offset from the phase's base) of each latency; empty when the rows had no channels. */
+  readonly latencyOffsets: Uint32Array;
+  /** Deliveries expected on the streams open when the phase started. */
+  readonly expected: number;
   readonly received: number;
   /** Expected rows never received, summed over the streams open when the phase started. */
   readonly lost: number;
@@ -54,8 +70,12 @@ export interface Collected {
   readonly seqMismatch: number;
   /** Per expected row (offset from the phase's base), the seq it came with; 0 if never seen. */
   readonly seqs: Float64Array;
-  /** Rows outside the expected range. */
+  /** Rows outside the expected range, or of a channel the stream did not ask for. */
   readonly unexpected: number;
+  /** Of those, rows of the phase that belong to another channel than the stream's. */
+  readonly wrongChannel: number;
+  /** Rows of the phase whose `data-channel` (none for '') is not the channel they were inserted to. */
+  readonly channelLabelMismatch: number;
   /** Streams that closed during the phase. */
   readonly closed: number;
   /** Monotonic ms (the same clock in every process) of the first and last receipt; 0 if none. */

@@ -21,11 +21,21 @@ const AUTO_STREAMS_PER_WORKER = 18_000;
 // Sockets per client process, under the same file-descriptor limit.
 const STREAMS_PER_CLIENT = 12_000;
 
+// The channels scenario: many small channels (one stream each) beside one large one.
+const USER_CHANNELS = 10_000;
+const LOBBY_STREAMS = 1_000;
+const LOBBY = 'room:lobby';
+const CHANNEL_ROWS = 200;
+const CHANNEL_ROW_INTERVAL_MS = 25;
+const LOBBY_SHARE = 0.1;
+
 const USAGE = `usage: npm run bench -- [--scenarios 1k,5k,15k,35k,45k,throughput] [--workers N]
                           [--instances N] [--clients N] [--quick] [--timeout-s S]
   --scenarios   comma-separated, from: Nk (N thousand streams, 20 rows 200 ms apart),
                 throughput (1,000 single-row INSERTs as fast as possible, 5,000 streams),
-                throughput-multi (the same 1,000 rows in 10 INSERTs of 100 rows);
+                throughput-multi (the same 1,000 rows in 10 INSERTs of 100 rows),
+                channels (10,000 streams on user:0 … user:9999 and 1,000 on room:lobby,
+                200 rows 25 ms apart, each to a random user:N or, one in ten, room:lobby);
                 default: 1k,5k,15k,35k,45k,throughput
   --workers     WORKERS for each server (default: $WORKERS, else the fewest for its streams)
   --instances   rowcast servers on the same database and table, the streams split evenly
@@ -163,6 +173,7 @@ progress(`JSON lines in ${resultsPath}; server logs in ${RESULTS_DIR}server.log`
 clearTimeout(watchdog);
 
 function parseScenario(name: string): Scenario {
+  if (name === 'channels') return channelsScenario();
   if (name === 'throughput' || name === 'throughput-multi') {
     const rowsPerInsert = name === 'throughput' ? 1 : 100;
     return {
@@ -181,6 +192,46 @@ function parseScenario(name: string): Scenario {
   }
   const streams = Number(match[1]) * (match[2] === 'k' ? 1_000 : 1);
   return { name, kind: 'latency', streams, rows: 20, rowIntervalMs: 200, rowsPerInsert: 1 };
+}
+
+/**
+ * 10,000 streams each on its own channel (`user:N`) and 1,000 on one (`room:lobby`); 200 rows,
+ * each to a random user:N or, one in ten, to the lobby. The lobby's streams are spread evenly
+ * (every 11th stream), so each client process holds its share of them. The rows' channels come
+ * from a fixed seed: every run sends the same rows.
+ */
+function channelsScenario(): Scenario {
+  const streamChannels: string[] = [];
+  const every = (USER_CHANNELS + LOBBY_STREAMS) / LOBBY_STREAMS;
+  for (let i = 0, user = 0; i < USER_CHANNELS + LOBBY_STREAMS; i++) {
+    streamChannels.push(i % every === every - 1 ? LOBBY : `user:${user++}`);
+  }
+  const random = mulberry32(0x5eed);
+  const rowChannels = Array.from({ length: CHANNEL_ROWS }, () =>
+    random() < LOBBY_SHARE ? LOBBY : `user:${Math.floor(random() * USER_CHANNELS)}`,
+  );
+  return {
+    name: 'channels',
+    kind: 'channels',
+    streams: streamChannels.length,
+    rows: CHANNEL_ROWS,
+    rowIntervalMs: CHANNEL_ROW_INTERVAL_MS,
+    rowsPerInsert: 1,
+    streamChannels,
+    rowChannels,
+  };
+}
+
+/** A small seeded PRNG (mulberry32): uniform in [0, 1). */
+function mulberry32(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
+  };
 }
 
 function positiveInt(flag: string, raw: string | undefined): number | undefined {
@@ -226,6 +277,7 @@ function summaryTable(rows: readonly Record<string, unknown>[]): string {
     ['lost', 'deliveries.lost'],
     ['dup', 'deliveries.duplicated'],
     ['ooo', 'deliveries.out_of_order'],
+    ['unexp', 'deliveries.unexpected'],
     ['srv CPU s', 'server_cpu_s.total'],
     ['cli CPU s', 'client.cpu_s_rows'],
     ['stmt/idle tick', idleStatements],

@@ -3,21 +3,33 @@ import { type ClientPool, startClients } from './clients.js';
 import { type BenchDb, STATUS_COUNTERS, type Status } from './db.js';
 import type { DbProxy, StatementCounts } from './dbproxy.js';
 import { type ProcessSample, sampleTree, tcpMemPages } from './procfs.js';
-import { monotonicMs } from './protocol.js';
+import { type Collected, monotonicMs } from './protocol.js';
 import type { BenchServer, ServerOptions } from './server.js';
 import { startServer } from './server.js';
-import { round, summarize } from './stats.js';
+import { type LatencySummary, round, summarize } from './stats.js';
 
 export interface Scenario {
   readonly name: string;
-  readonly kind: 'latency' | 'throughput';
+  readonly kind: 'latency' | 'throughput' | 'channels';
   readonly streams: number;
   readonly rows: number;
   /** Pause between inserts; 0 inserts as fast as one connection can. */
   readonly rowIntervalMs: number;
   /** Rows per INSERT statement: 1, or a few multi-row INSERTs for a burst. */
   readonly rowsPerInsert: number;
+  /**
+   * The channel of each stream (`streams` of them, `?channel=NAME`; '' for none). Absent: every
+   * stream is a plain `GET /stream`, which reads every row.
+   */
+  readonly streamChannels?: readonly string[];
+  /** The channel of each measured row (`rows` of them). Absent: every row is in ''. */
+  readonly rowChannels?: readonly string[];
 }
+
+/** The phase's rows and how they go in. */
+type Plan = Pick<Scenario, 'rows' | 'rowIntervalMs' | 'rowsPerInsert'> & {
+  readonly channels?: readonly string[] | undefined;
+};
 
 export interface ScenarioEnv {
   readonly db: BenchDb;
@@ -91,6 +103,7 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
       timeoutMs: CONNECT_TIMEOUT_MS,
       // The cluster primary hands over ~500 connections/s at 45k on this machine: 45k needs ~90 s.
       deadlineMs: 20_000 + 2 * scenario.streams,
+      ...(scenario.streamChannels === undefined ? {} : { channels: scenario.streamChannels }),
     });
     const establishS = (monotonicMs() - connectStarted) / 1000;
     const establishedBy = servers.map((_, index) =>
@@ -113,20 +126,31 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
     const tcpFull = tcpMemPages();
     const cpuIdle = memFull.map((s) => s.cpuS);
 
-    // One row first: every stream shows it is live before the measured rows go out.
-    const warmup = await phase(
-      env,
-      clients,
-      { rows: 1, rowIntervalMs: 0, rowsPerInsert: 1 },
-      10_000,
+    // One row first: every stream shows it is live before the measured rows go out. With
+    // channels, one row per channel a stream asked for, all in one INSERT: each stream gets one.
+    const warmupChannels = distinct(
+      (scenario.streamChannels ?? []).filter((channel) => channel !== ''),
     );
-    say(`warm-up row: ${warmup.received}/${warmup.expected} deliveries; measuring`);
+    const warmupPlan: Plan =
+      warmupChannels.length === 0
+        ? { rows: 1, rowIntervalMs: 0, rowsPerInsert: 1 }
+        : {
+            rows: warmupChannels.length,
+            rowIntervalMs: 0,
+            rowsPerInsert: warmupChannels.length,
+            channels: warmupChannels,
+          };
+    const warmup = await phase(env, clients, warmupPlan, 10_000 + warmupPlan.rows);
+    say(
+      `warm-up (${warmupPlan.rows} row${warmupPlan.rows === 1 ? '' : 's'}): ` +
+        `${warmup.received}/${warmup.expected} deliveries; measuring`,
+    );
 
     const cpuBefore = sample(servers).map((s) => s.cpuS);
     const measured = await phase(
       env,
       clients,
-      scenario,
+      { ...scenario, channels: scenario.rowChannels },
       // Rows queue up when the server falls behind; allow ~200k deliveries/s beyond 15 s.
       15_000 + (scenario.rows * established) / 200,
     );
@@ -216,11 +240,26 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
       rows: scenario.rows,
       row_interval_ms: scenario.rowIntervalMs,
       insert:
-        scenario.rowsPerInsert === 1
+        (scenario.rowsPerInsert === 1
           ? 'single-row INSERTs, one connection, each awaited'
-          : `${Math.ceil(scenario.rows / scenario.rowsPerInsert)} INSERTs of ${scenario.rowsPerInsert} rows, one connection`,
+          : `${Math.ceil(scenario.rows / scenario.rowsPerInsert)} INSERTs of ${scenario.rowsPerInsert} rows, one connection`) +
+        (scenario.rowChannels === undefined ? '' : ', each row to its channel'),
       insert_s: round(measured.insertS, 3),
+      // Over every delivery to a stream that should get the row.
       latency_ms: measured.latency,
+      ...(scenario.streamChannels === undefined
+        ? {}
+        : {
+            // Channels with their trailing digits as N: `user:N` is every user:0 … user:9999.
+            channels: {
+              distinct_stream_channels: warmupChannels.length,
+              streams: countBy(scenario.streamChannels.map(channelGroup)),
+              rows: countBy((scenario.rowChannels ?? []).map(channelGroup)),
+              distinct_row_channels: distinct(scenario.rowChannels ?? []).length,
+              warmup_rows: warmupPlan.rows,
+              latency_ms: measured.latencyByChannel,
+            },
+          }),
       deliveries: {
         expected: measured.expected,
         received: measured.received,
@@ -231,8 +270,11 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
         out_of_order: measured.outOfOrder,
         seq_mismatch: measured.seqMismatch,
         unexpected: measured.unexpected,
+        wrong_channel: measured.wrongChannel,
+        channel_label_mismatch: measured.channelLabelMismatch,
         streams_closed: measured.closed,
         warmup_lost: warmup.lost,
+        warmup_unexpected: warmup.unexpected,
       },
       // After the rows: each row claimed once (docs/delivery.md 1), by whichever instance.
       table: claims,
@@ -278,15 +320,10 @@ function sample(servers: readonly BenchServer[]): ProcessSample[] {
  * Inserts the rows, `rowIntervalMs` apart, each carrying its insert time, and waits until every
  * open stream has them all or `waitMs` has passed after the last insert.
  */
-async function phase(
-  env: ScenarioEnv,
-  clients: ClientPool,
-  plan: Pick<Scenario, 'rows' | 'rowIntervalMs' | 'rowsPerInsert'>,
-  waitMs: number,
-) {
-  const { rows, rowIntervalMs, rowsPerInsert } = plan;
+async function phase(env: ScenarioEnv, clients: ClientPool, plan: Plan, waitMs: number) {
+  const { rows, rowIntervalMs, rowsPerInsert, channels } = plan;
   const base = await env.db.nextId();
-  await clients.expect(base, rows);
+  await clients.expect(base, rows, channels);
   const before = await countersNow(env);
   const started = monotonicMs();
   for (let i = 0; i < rows; i += rowsPerInsert) {
@@ -295,7 +332,8 @@ async function phase(
       if (due > 0) await sleep(due);
     }
     const sentUs = String(Math.round(monotonicMs() * 1000));
-    const id = await env.db.insert(Array(Math.min(rowsPerInsert, rows - i)).fill(sentUs));
+    const count = Math.min(rowsPerInsert, rows - i);
+    const id = await env.db.insert(Array(count).fill(sentUs), channels?.slice(i, i + count));
     if (id !== base + i) throw new Error(`row got id ${id}, expected ${base + i} (id gap)`);
   }
   const insertS = (monotonicMs() - started) / 1000;
@@ -305,7 +343,7 @@ async function phase(
   while (monotonicMs() < deadline) {
     const progress = await clients.progress();
     open = progress.open;
-    if (progress.received >= progress.open * rows) break;
+    if (progress.received >= progress.expected) break;
     await sleep(50);
   }
   // Let the last tails' ticks end on every instance, so the window holds whole ticks.
@@ -329,7 +367,7 @@ async function phase(
   }
   const spanS = received === 0 ? 0 : (lastReceipt - started) / 1000;
   return {
-    expected: received + sum((r) => r.lost),
+    expected: sum((r) => r.expected),
     received,
     open,
     lost: sum((r) => r.lost),
@@ -337,8 +375,11 @@ async function phase(
     outOfOrder: sum((r) => r.outOfOrder),
     seqMismatch: sum((r) => r.seqMismatch) + crossMismatch,
     unexpected: sum((r) => r.unexpected),
+    wrongChannel: sum((r) => r.wrongChannel),
+    channelLabelMismatch: sum((r) => r.channelLabelMismatch),
     closed: sum((r) => r.closed),
     latency: summarize(results.map((r) => r.latencies)),
+    latencyByChannel: channels === undefined ? undefined : latencyByGroup(results, channels),
     insertS,
     spanS,
     perS: spanS > 0 ? received / spanS : 0,
@@ -347,6 +388,44 @@ async function phase(
     loopDelayMaxMs: Math.max(...results.map((r) => r.loopDelayMaxMs)),
     db: perTick(before, after),
   };
+}
+
+/** A channel with its trailing digits as N (`user:17` → `user:N`), to report channels by kind. */
+function channelGroup(channel: string): string {
+  return channel.replace(/\d+$/, 'N');
+}
+
+/** The values, each once, in the order they first come. */
+function distinct(values: readonly string[]): string[] {
+  return [...new Set(values)];
+}
+
+function countBy(values: readonly string[]): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const value of values) counts[value] = (counts[value] ?? 0) + 1;
+  return counts;
+}
+
+/** Latency percentiles per channel group (channelGroup) of the rows, over every delivery. */
+function latencyByGroup(
+  results: readonly Collected[],
+  channels: readonly string[],
+): Record<string, LatencySummary> {
+  const groupOf = channels.map(channelGroup);
+  const byGroup = new Map<string, number[]>();
+  for (const r of results) {
+    r.latencies.forEach((latency, j) => {
+      const group = groupOf[r.latencyOffsets[j] as number] ?? '?';
+      const list = byGroup.get(group) ?? [];
+      if (list.length === 0) byGroup.set(group, list);
+      list.push(latency);
+    });
+  }
+  return Object.fromEntries(
+    [...byGroup]
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([group, list]) => [group, summarize([Float32Array.from(list)])]),
+  );
 }
 
 interface Counters {

@@ -1,14 +1,14 @@
 -- The table rowcast streams from, and its state table. rowcast applies this at start (the table
 -- name follows MSG_TABLE); it is also fine to run it by hand: mariadb test < sql/schema.sql
 -- flag = 0: pending; flag = 1: claimed (delivered). seq: the delivery order, set by the claim.
--- channel: the row's channel ('' for none); CHANNEL_COLUMN names it, streams subscribe to it.
+-- channel: the row's channel ('' for none), compared byte for byte; CHANNEL_COLUMN names it.
 CREATE TABLE IF NOT EXISTS msg (
   id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
   content MEDIUMTEXT NOT NULL,
   flag TINYINT NOT NULL DEFAULT 0,
   created_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
   seq BIGINT UNSIGNED NULL DEFAULT NULL,
-  channel VARCHAR(191) NOT NULL DEFAULT '',
+  channel VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT '',
   KEY flag_id (flag, id),
   UNIQUE KEY seq (seq),
   KEY channel_seq (channel, seq)

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { SignJWT } from 'jose';
 import mysql from 'mysql2/promise';
 import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
 import { startApp, type TestApp } from './helpers/app.js';
@@ -8,7 +9,8 @@ import { connectionOptions, createTestDb, type TestDb } from './helpers/db.js';
 import { waitUntil } from './helpers/wait.js';
 
 // The demo page at GET / (issue 5), as a user sees it in a real Chromium tab: live messages,
-// resume after a restart, the DOM cap, the forever-frame fallback and the publish form.
+// resume after a restart, the DOM cap, the forever-frame fallback and the publish form; and its
+// rooms (issue 10): /?channel=NAME, each room resuming from its own last row.
 
 // Every Playwright wait. A row shows within one 50 ms tick, but an EventSource that lost its
 // server retries every 2 s (the stream's `retry:`), and a slow CI machine must not fail the test.
@@ -388,3 +390,265 @@ function inView(page: Page, id: string): Promise<boolean> {
     return box.top >= view.top && box.bottom <= view.bottom;
   }, id);
 }
+
+// ---- rooms (issue 10) ----
+
+/** Inserts rows into `msg`, each [channel, content], in one statement; returns their ids in order. */
+async function insertIn(...rows: [channel: string, content: string][]): Promise<string[]> {
+  const result = await db.query<{ insertId: number }>(
+    'INSERT INTO msg (channel, content) VALUES ?',
+    [rows],
+  );
+  return rows.map((_, i) => String(result.insertId + i));
+}
+
+async function channelOf(id: string): Promise<string | undefined> {
+  const rows = await db.query<{ channel: string }[]>('SELECT channel FROM msg WHERE id = ?', [id]);
+  return rows[0]?.channel;
+}
+
+/** Sends `text` through the page's form (giving the token when it is asked for); waits for the 201. */
+async function send(page: Page, text: string): Promise<void> {
+  if (await page.locator('#token-row').isVisible()) await page.locator('#token').fill(TOKEN);
+  await page.locator('#content').fill(text);
+  await page.getByRole('button', { name: 'Send' }).click();
+  await inputCleared(page);
+}
+
+/** Switches the tab to room `name` with the page's room control and waits until it is live. */
+async function openRoom(page: Page, name: string): Promise<void> {
+  await page.locator('#room-name').fill(name);
+  await page.getByRole('button', { name: 'Open room' }).click();
+  await page.waitForURL((url) => url.searchParams.get('channel') === name, {
+    waitUntil: 'domcontentloaded',
+  });
+  await waitLive(page);
+}
+
+/** Records the URL of every EventSource the pages of `context` open, in `window.streams`. */
+async function recordStreams(context: BrowserContext): Promise<void> {
+  await context.addInitScript(() => {
+    const Native = window.EventSource;
+    const streams: string[] = [];
+    (window as unknown as { streams: string[] }).streams = streams;
+    window.EventSource = class extends Native {
+      constructor(url: string | URL, init?: EventSourceInit) {
+        super(url, init);
+        streams.push(String(url));
+      }
+    };
+  });
+}
+
+function streams(page: Page): Promise<string[]> {
+  return page.evaluate(() => (window as unknown as { streams: string[] }).streams);
+}
+
+test('rooms: a message sent in room A shows in A’s tab only, once; the all-messages tab shows both', async () => {
+  await withDemo({}, async (app, context) => {
+    await recordStreams(context);
+    const roomA = await openDemo(context, app, '/?channel=room-a');
+    const roomB = await openDemo(context, app, '/?channel=room-b');
+    const all = await openDemo(context, app);
+    assert.equal(await roomA.locator('#room').textContent(), 'Room room-a');
+    assert.equal(await roomB.locator('#room').textContent(), 'Room room-b');
+    assert.equal(await all.locator('#room').textContent(), 'All messages');
+    assert.deepEqual(await streams(roomA), ['/events?channel=room-a']);
+    assert.deepEqual(await streams(all), ['/events']);
+
+    await send(roomA, 'for room A');
+    const forA = await shownText(roomA, 'for room A');
+    await shown(all, forA);
+    await send(roomB, 'for room B');
+    const forB = await shownText(roomB, 'for room B');
+    await shown(all, forB);
+    // Rows reach every tab in delivery order: once a tab shows a later row of its own room, it
+    // would have shown the other room's earlier row already, had it been sent to it.
+    await send(roomA, 'room A again');
+    const againA = await shownText(roomA, 'room A again');
+    const [againB] = (await insertIn(['room-b', 'room B again'])) as [string];
+    await shown(roomB, againB);
+    await shown(all, againB);
+
+    assert.deepEqual(await items(roomA), [
+      { id: forA, text: 'for room A' },
+      { id: againA, text: 'room A again' },
+    ]);
+    assert.deepEqual(await items(roomB), [
+      { id: forB, text: 'for room B' },
+      { id: againB, text: 'room B again' },
+    ]);
+    assert.deepEqual(await ids(all), [forA, forB, againA, againB]);
+    assert.equal(await channelOf(forA), 'room-a', 'the form publishes into its room');
+    assert.equal(await channelOf(forB), 'room-b');
+
+    // The all-messages tab publishes into no room: its row shows there, in neither room.
+    await send(all, 'for nobody in particular');
+    const general = await shownText(all, 'for nobody in particular');
+    assert.equal(await channelOf(general), '');
+    const [lastA, lastB] = (await insertIn(['room-a', 'last A'], ['room-b', 'last B'])) as [
+      string,
+      string,
+    ];
+    await shown(roomA, lastA);
+    await shown(roomB, lastB);
+    assert.deepEqual(await ids(roomA), [forA, againA, lastA]);
+    assert.deepEqual(await ids(roomB), [forB, againB, lastB]);
+  });
+});
+
+test('switching a tab from room A to B and back resumes each room with exactly the rows it missed', async () => {
+  await withDemo({}, async (app, context) => {
+    const page = await openDemo(context, app, '/?channel=switch-a');
+    const [a1] = (await insertIn(['switch-a', 'a1'])) as [string];
+    await shown(page, a1);
+
+    await openRoom(page, 'switch-b');
+    assert.equal(await page.locator('#room').textContent(), 'Room switch-b');
+    const [a2, b1, a3] = (await insertIn(
+      ['switch-a', 'a2'],
+      ['switch-b', 'b1'],
+      ['switch-a', 'a3'],
+    )) as [string, string, string];
+    await shown(page, b1);
+    // Delivered (and so missed by room A's tab) while the tab was in room B.
+    await db.waitMarked([a2, b1, a3]);
+    assert.deepEqual(await items(page), [{ id: b1, text: 'b1' }]);
+
+    await openRoom(page, 'switch-a');
+    await shown(page, a3);
+    const [b2, a4] = (await insertIn(['switch-b', 'b2'], ['switch-a', 'a4'])) as [string, string];
+    await shown(page, a4);
+    // Not a1 again, nor b1; nothing of room A lost.
+    assert.deepEqual(await items(page), [
+      { id: a2, text: 'a2' },
+      { id: a3, text: 'a3' },
+      { id: a4, text: 'a4' },
+    ]);
+    assert.equal(await page.locator('#gap').isVisible(), false, 'an exact resume');
+
+    // Room B resumes after b1, its own last row, not after room A's a4.
+    await openRoom(page, 'switch-b');
+    await shown(page, b2);
+    const [b3] = (await insertIn(['switch-b', 'b3'])) as [string];
+    await shown(page, b3);
+    assert.deepEqual(await items(page), [
+      { id: b2, text: 'b2' },
+      { id: b3, text: 'b3' },
+    ]);
+
+    // The link back to every row: live rows of any room.
+    await page.getByRole('link', { name: 'All messages' }).click();
+    await page.waitForURL((url) => !url.searchParams.has('channel'), {
+      waitUntil: 'domcontentloaded',
+    });
+    await waitLive(page);
+    assert.equal(await page.locator('#room').textContent(), 'All messages');
+    const anyRoom = await insertIn(['switch-a', 'a5'], ['switch-b', 'b4'], ['', 'no room']);
+    await shown(page, anyRoom[2] as string);
+    assert.deepEqual(await ids(page), anyRoom);
+  });
+});
+
+test('a room without EventSource: the forever frame asks for the room and shows its rows only', async () => {
+  await withDemo({}, async (app, context) => {
+    await context.addInitScript(() => {
+      delete (window as { EventSource?: unknown }).EventSource;
+    });
+    // Reloaded every 2 rows, so the room's 5 rows take it through reloads with ?since=.
+    const page = await openDemo(context, app, '/?channel=frame-room&reload=2');
+    const rows = await insertIn(
+      ['frame-room', 'f1'],
+      ['elsewhere', 'x1'],
+      ['frame-room', 'f2'],
+      ['frame-room', 'f3'],
+      ['', 'x2'],
+      ['frame-room', 'f4'],
+      ['frame-room-2', 'x3'],
+      ['frame-room', 'f5'],
+    );
+    const mine = rows.filter((_, i) => ![1, 4, 6].includes(i));
+    await shown(page, mine[4] as string);
+    assert.match(
+      (await page.locator('iframe').getAttribute('src')) ?? '',
+      /^\/stream\?channel=frame-room&since=\d+$/,
+    );
+    const [other, last] = (await insertIn(['elsewhere', 'x4'], ['frame-room', 'f6'])) as [
+      string,
+      string,
+    ];
+    await shown(page, last);
+    assert.deepEqual(await ids(page), [...mine, last]);
+    assert.equal(await page.locator(`#messages li[data-id="${other}"]`).count(), 0);
+  });
+});
+
+test('a room name that is not a channel name shows a message, and no stream', async () => {
+  await withDemo({}, async (app, context) => {
+    await recordStreams(context);
+    for (const query of [
+      `?channel=${encodeURIComponent('bad room')}`,
+      `?channel=${encodeURIComponent('news*')}`,
+      '?channel=',
+      `?channel=${'x'.repeat(192)}`,
+      '?channel=one&channel=two',
+    ]) {
+      const page = await context.newPage();
+      page.setDefaultTimeout(SHOWN_WITHIN_MS);
+      await page.goto(new URL(`/${query}`, app.url).href, { waitUntil: 'domcontentloaded' });
+      const notice = page
+        .getByRole('alert')
+        .filter({ hasText: /not a room name|one room at a time/ });
+      await notice.waitFor();
+      await page.locator('#state[data-state="stopped"]').waitFor();
+      assert.deepEqual(await streams(page), [], `${query}: no EventSource`);
+      assert.equal(await page.locator('iframe').count(), 0, `${query}: no frame`);
+      assert.equal(await page.getByRole('button', { name: 'Send' }).isDisabled(), true, query);
+      assert.equal(await page.locator('#empty').isVisible(), false, query);
+      await page.close();
+    }
+
+    const page = await context.newPage();
+    page.setDefaultTimeout(SHOWN_WITHIN_MS);
+    await page.goto(new URL('/?channel=bad%20room', app.url).href, {
+      waitUntil: 'domcontentloaded',
+    });
+    assert.match(
+      (await page.getByRole('alert').textContent()) ?? '',
+      /“bad room” is not a room name/,
+    );
+    // The way out: the link to every row.
+    await page.getByRole('link', { name: 'All messages' }).click();
+    await page.waitForURL((url) => !url.searchParams.has('channel'), {
+      waitUntil: 'domcontentloaded',
+    });
+    await waitLive(page);
+    const [row] = (await db.insert('after a bad room')) as [string];
+    await shown(page, row);
+  });
+});
+
+test('with subscriber authorization the page passes ?access_token= of its URL on to the stream', async () => {
+  const key = 'a-subscriber-key-of-at-least-32-bytes!!';
+  await withDemo({ SUBSCRIBER_JWT_KEY: key }, async (app, context) => {
+    const token = await new SignJWT({ channels: ['private-room'] })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setExpirationTime('10m')
+      .sign(new TextEncoder().encode(key));
+    // Without a token the stream is refused (401): the page keeps retrying.
+    const refused = await context.newPage();
+    refused.setDefaultTimeout(SHOWN_WITHIN_MS);
+    await refused.goto(new URL('/?channel=private-room', app.url).href, {
+      waitUntil: 'domcontentloaded',
+    });
+    await refused
+      .locator('#state:is([data-state="reconnecting"], [data-state="offline"])')
+      .waitFor();
+    await refused.close();
+
+    const page = await openDemo(context, app, `/?channel=private-room&access_token=${token}`);
+    const [row] = (await insertIn(['private-room', 'for the token holder'])) as [string];
+    await shown(page, row);
+    assert.deepEqual(await items(page), [{ id: row, text: 'for the token holder' }]);
+  });
+});

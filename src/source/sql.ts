@@ -36,7 +36,7 @@ export function createTableSql(table: string, channelColumn = 'channel'): string
   flag TINYINT NOT NULL DEFAULT 0,
   created_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
   seq BIGINT UNSIGNED NULL DEFAULT NULL,
-  ${channel} VARCHAR(191) NOT NULL DEFAULT '',
+  ${channel} VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT '',
   KEY flag_id (flag, id),
   UNIQUE KEY seq (seq),
   KEY channel_seq (${channel}, seq)
@@ -183,13 +183,19 @@ export function channelFilterSql(column: string | null, subscription: Subscripti
   if (subscription.all) return null;
   if (column === null) return 'FALSE';
   const c = q(column);
+  // The column's collation may ignore case or trailing spaces, as the live hub does not: each
+  // condition the index serves is followed by the same one on the bytes.
+  const bytes = `CAST(${c} AS BINARY)`;
   const parts: string[] = [];
   if (subscription.exact.length > 0) {
-    parts.push(`${c} IN (${subscription.exact.map((name) => `'${name}'`).join(', ')})`);
+    const names = subscription.exact.map((name) => `'${name}'`).join(', ');
+    parts.push(`(${c} IN (${names}) AND ${bytes} IN (${names}))`);
   }
   for (const prefix of subscription.prefixes) {
-    // _ and % are LIKE wildcards; | is not a channel character, so it escapes them.
-    parts.push(`${c} LIKE '${prefix.replace(/[_%|]/g, '|$&')}%' ESCAPE '|'`);
+    // _ and % are LIKE wildcards; | is not a channel character, so it escapes them. Names are
+    // ASCII: the prefix's length in characters is its length in bytes.
+    const like = `${c} LIKE '${prefix.replace(/[_%|]/g, '|$&')}%' ESCAPE '|'`;
+    parts.push(`(${like} AND LEFT(${bytes}, ${prefix.length}) = '${prefix}')`);
   }
   return parts.length === 1 ? (parts[0] as string) : `(${parts.join(' OR ')})`;
 }

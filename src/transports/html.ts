@@ -45,8 +45,8 @@ export function createHtmlTransport(options: { padBytes: number }): Transport {
 function fragment(row: Row): string {
   const note = cutNote(row);
   const cut = note === '' ? '' : `<span class="truncated">${note}</span>`;
-  // Channel names are of CHANNEL_NAME's characters: nothing to escape in an attribute.
-  const channel = row.channel === '' ? '' : ` data-channel="${row.channel}"`;
+  // A row inserted by SQL may carry any channel text: escaped like the content.
+  const channel = row.channel === '' ? '' : ` data-channel="${escapeHtml(row.channel)}"`;
   return `<div class="msg" data-id="${row.id}" data-seq="${row.seq}"${channel}>${escapeHtml(row.content ?? '')}${cut}</div>\n`;
 }
 

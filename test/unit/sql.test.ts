@@ -165,18 +165,24 @@ test('the comparison of statements sees a changed statement', () => {
   );
 });
 
-test('channelFilterSql: names with IN, prefixes with an escaped LIKE, none for every row', () => {
+test('channelFilterSql: names with IN, prefixes with an escaped LIKE, each also on the bytes', () => {
   const sub = parseChannels(['room_1', 'b', 'orders:*', 'a_b*'], 64);
+  const bytes = 'CAST(`channel` AS BINARY)';
   assert.equal(
     channelFilterSql('channel', sub),
-    "(`channel` IN ('b', 'room_1') OR `channel` LIKE 'a|_b%' ESCAPE '|' OR `channel` LIKE 'orders:%' ESCAPE '|')",
+    `((\`channel\` IN ('b', 'room_1') AND ${bytes} IN ('b', 'room_1'))` +
+      ` OR (\`channel\` LIKE 'a|_b%' ESCAPE '|' AND LEFT(${bytes}, 3) = 'a_b')` +
+      ` OR (\`channel\` LIKE 'orders:%' ESCAPE '|' AND LEFT(${bytes}, 7) = 'orders:'))`,
   );
-  assert.equal(channelFilterSql('channel', parseChannels(['x'], 64)), "`channel` IN ('x')");
+  assert.equal(
+    channelFilterSql('channel', parseChannels(['x'], 64)),
+    `(\`channel\` IN ('x') AND ${bytes} IN ('x'))`,
+  );
   assert.equal(channelFilterSql('channel', EVERY_ROW), null);
   // A table without a channel column has only the implicit channel, which no name matches.
   assert.equal(channelFilterSql(null, sub), 'FALSE');
   const replay = rowsSql(MSG, { after: 1, upto: 9, limit: 10, newest: true, subscription: sub });
-  assert.match(replay, /WHERE seq > 1 AND seq <= 9 AND \(`channel` IN/);
+  assert.match(replay, /WHERE seq > 1 AND seq <= 9 AND \(\(`channel` IN/);
   assert.match(replay, /m\.`channel` AS channel/);
 });
 
