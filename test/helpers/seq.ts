@@ -13,7 +13,7 @@ export interface TableRow {
   readonly seq: number | null;
 }
 
-const MSG_HEAD = /<div class="msg" data-id="(\d+)" data-seq="(\d+)">/g;
+const MSG_HEAD = /<div class="msg" data-id="(\d+)" data-seq="(\d+)"(?: data-channel="[^"]*")?>/g;
 
 /** The id and seq of every `<div class="msg">` fragment of an HTML stream body, in order. */
 export function placedOf(text: string): Placed[] {

@@ -33,7 +33,8 @@ export interface Message {
 }
 
 /** One `<div class="msg">` fragment: id and inner HTML. */
-export const FRAGMENT = /<div class="msg" data-id="(\d+)" data-seq="\d+">([\s\S]*?)<\/div>\n/g;
+export const FRAGMENT =
+  /<div class="msg" data-id="(\d+)" data-seq="\d+"(?: data-channel="[^"]*")?>([\s\S]*?)<\/div>\n/g;
 
 export function parseMessages(text: string): Message[] {
   return [...text.matchAll(FRAGMENT)].map((m) => ({ id: m[1] as string, html: m[2] as string }));
@@ -114,7 +115,7 @@ function gapOf(json: string): GapFrame {
 
 // A row or a gap fragment of the HTML stream, in the order they were sent.
 const HTML_FRAME =
-  /<div class="msg" data-id="(\d+)" data-seq="(\d+)">[\s\S]*?<\/div>\n|<div class="gap" data-since="(\d+)" data-reason="([a-z]+)">[^<]*<\/div>\n/g;
+  /<div class="msg" data-id="(\d+)" data-seq="(\d+)"(?: data-channel="[^"]*")?>[\s\S]*?<\/div>\n|<div class="gap" data-since="(\d+)" data-reason="([a-z]+)">[^<]*<\/div>\n/g;
 
 /**
  * The row and gap frames of a body of the given content type, in order: SSE events (`gap` by
@@ -153,7 +154,7 @@ function rowsOf(contentType: string, text: string): { id: string; seq: number }[
   if (contentType.startsWith('text/event-stream')) throw new Error('SSE frames carry no seq');
   const pattern = contentType.startsWith('application/x-ndjson')
     ? /^\{"id":(\d+),"seq":(\d+),/gm
-    : /<div class="msg" data-id="(\d+)" data-seq="(\d+)">/g;
+    : /<div class="msg" data-id="(\d+)" data-seq="(\d+)"(?: data-channel="[^"]*")?>/g;
   return [...text.matchAll(pattern)].map((m) => ({ id: m[1] as string, seq: Number(m[2]) }));
 }
 
