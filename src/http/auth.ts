@@ -165,8 +165,10 @@ function grantOf(payload: JWTPayload): Verified {
       why: `channels[${bad}] of the token is not a channel name or pattern (letters, digits, _ . : @ / = -, optionally ending in *)`,
     };
   }
-  // requiredClaims made jose check that exp is there and a number.
-  const expiresAt = (payload.exp as number) * 1000;
+  // requiredClaims made jose check that exp is there and a number. The stream ends when the
+  // token stops being accepted, exp plus the tolerance: a client that reconnects then is refused
+  // at once, rather than served a stream the hub ends a second later.
+  const expiresAt = ((payload.exp as number) + CLOCK_TOLERANCE_S) * 1000;
   // An empty list grants no channel (parseChannels would read it as every row).
   const channels = claim.length === 0 ? null : parseChannels(claim, MAX_GRANTED_CHANNELS);
   return { ok: true, channels, expiresAt };

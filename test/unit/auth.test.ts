@@ -50,8 +50,9 @@ function bearer(token: string): { authorization: string } {
   return { authorization: `Bearer ${token}` };
 }
 
-function assertOk(outcome: AuthOutcome, expiresAt: number | null): void {
-  assert.deepEqual(outcome, { ok: true, expiresAt });
+/** Served, the stream to end when the token is no longer accepted: `exp` (ms) + 5 s of tolerance. */
+function assertOk(outcome: AuthOutcome, exp: number | null): void {
+  assert.deepEqual(outcome, { ok: true, expiresAt: exp === null ? null : exp + 5000 });
 }
 
 /** A refusal: its status, a one-line body ending in \n, and its WWW-Authenticate. */
