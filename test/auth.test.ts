@@ -28,10 +28,10 @@ const ROUTES = { html: '/stream', sse: '/events', ndjson: '/stream.ndjson' } as 
 type Format = keyof typeof ROUTES;
 const FORMATS = Object.keys(ROUTES) as Format[];
 const STREAM_PATHS = new Set<string>(Object.values(ROUTES));
-/** The last bytes of a body the server ended: the format's closing frame (NDJSON has none). */
+/** The last bytes of a body whose token expired: the format's closing frame (NDJSON has none). */
 const CLOSING: Record<Format, string> = {
-  html: '<!-- rowcast: server shutting down -->\n</body></html>\n',
-  sse: ': server shutting down\n\n',
+  html: '<!-- rowcast: token expired -->\n</body></html>\n',
+  sse: ': token expired\n\n',
   ndjson: '\n',
 };
 // A stream's token is checked once a second (the hub's sweep): its end comes within a few.

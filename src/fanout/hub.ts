@@ -302,7 +302,8 @@ export function createHub(options: HubOptions): Hub {
         continue;
       }
       leave(stream);
-      stream.end(finalBytes(member.group.transport, member.group.chunked ? 'chunked' : 'raw'));
+      const { transport, chunked } = member.group;
+      stream.end(finalBytes(transport, chunked ? 'chunked' : 'raw', transport.expired));
       metrics.expired(member.group.transport.name);
       log.debug(
         { event: 'stream.expired', transport: member.group.transport.name },
@@ -392,9 +393,12 @@ function update<K>(map: Map<K, Set<Audience>>, key: K, audience: Audience, chang
   return -1;
 }
 
-/** What ends a stream: the transport's closing frame, then the last chunk where chunked. */
-export function finalBytes(transport: Transport, framing: Framing): Buffer {
-  const closing = transport.closing;
+/** What ends a stream: the transport's closing frame (at shutdown, unless another is given), then the last chunk where chunked. */
+export function finalBytes(
+  transport: Transport,
+  framing: Framing,
+  closing: Buffer = transport.closing,
+): Buffer {
   if (framing === 'raw') return closing;
   return closing.length === 0 ? LAST_CHUNK : Buffer.concat([chunk(closing), LAST_CHUNK]);
 }

@@ -36,6 +36,7 @@ export function createHtmlTransport(options: { padBytes: number }): Transport {
     preamble: Buffer.from(PREAMBLE + padding(options.padBytes)),
     heartbeat: Buffer.from('<!-- -->\n'),
     closing: Buffer.from('<!-- rowcast: server shutting down -->\n</body></html>\n'),
+    expired: Buffer.from('<!-- rowcast: token expired -->\n</body></html>\n'),
     fragment: fragment,
     frame: (batch) => Buffer.from(batch.map(fragment).join('')),
     gap: (gap) => Buffer.from(gapFragment(gap)),

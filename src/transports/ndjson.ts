@@ -13,6 +13,7 @@ export function createNdjsonTransport(): Transport {
     preamble: Buffer.alloc(0),
     heartbeat: Buffer.from('\n'),
     closing: Buffer.alloc(0),
+    expired: Buffer.alloc(0),
     fragment: line,
     frame: (batch) => Buffer.from(batch.map(line).join('')),
     gap: (gap) => Buffer.from(`{"gap":{"since":${gap.since},"reason":"${gap.reason}"}}\n`),

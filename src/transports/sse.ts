@@ -18,6 +18,7 @@ export function createSseTransport(): Transport {
     preamble: Buffer.from(`retry: ${SSE_RETRY_MS}\n\n`),
     heartbeat: Buffer.from(':\n\n'),
     closing: Buffer.from(': server shutting down\n\n'),
+    expired: Buffer.from(': token expired\n\n'),
     fragment: event,
     frame: (batch) => Buffer.from(batch.map(event).join('')),
     gap: (gap) => Buffer.from(gapEvent(gap)),

@@ -15,6 +15,8 @@ export interface Transport {
   readonly heartbeat: Buffer;
   /** Sent last when the server shuts down (may be empty). */
   readonly closing: Buffer;
+  /** Sent last when the stream's subscriber token expires (may be empty). */
+  readonly expired: Buffer;
   /** One row's bytes as text: a batch's frame is its rows' fragments, one after another. */
   fragment(row: Row): string;
   frame(batch: readonly Row[]): Buffer;
