@@ -75,8 +75,9 @@ export function classify(sql: string): StatementKind {
  * sequence number; a command starts a new sequence (number 0) and COM_QUERY carries the SQL text.
  * One proxy per rowcast instance, so each instance's statements are counted apart.
  */
-export async function startDbProxy(target: { host: string; port: number }): Promise<DbProxy> {
-  const counts: StatementCounts = {
+/** Counts with nothing counted yet. */
+export function zeroCounts(): StatementCounts {
+  return {
     head: 0,
     claims: 0,
     claimUpdates: 0,
@@ -88,6 +89,10 @@ export async function startDbProxy(target: { host: string; port: number }): Prom
     total: 0,
     bytesIn: 0,
   };
+}
+
+export async function startDbProxy(target: { host: string; port: number }): Promise<DbProxy> {
+  const counts = zeroCounts();
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
     const upstream = net.connect(target);

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type ClientPool, startClients } from './clients.js';
 import { type BenchDb, STATUS_COUNTERS, type Status } from './db.js';
-import type { DbProxy, StatementCounts } from './dbproxy.js';
+import { type DbProxy, type StatementCounts, zeroCounts } from './dbproxy.js';
 import { type ProcessSample, sampleTree, tcpMemPages } from './procfs.js';
 import { type Collected, monotonicMs } from './protocol.js';
 import type { BenchServer, ServerOptions } from './server.js';
@@ -477,18 +477,7 @@ function statementsPerTick(before: StatementCounts, after: StatementCounts) {
 }
 
 function sumCounts(all: readonly StatementCounts[]): StatementCounts {
-  const total: StatementCounts = {
-    head: 0,
-    claims: 0,
-    claimUpdates: 0,
-    claimStatements: 0,
-    tail: 0,
-    replay: 0,
-    insert: 0,
-    other: 0,
-    total: 0,
-    bytesIn: 0,
-  };
+  const total = zeroCounts();
   for (const counts of all) {
     for (const key of Object.keys(total) as (keyof StatementCounts)[]) total[key] += counts[key];
   }
