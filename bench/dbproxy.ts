@@ -64,6 +64,7 @@ export function classify(sql: string): StatementKind {
     return /ORDER BY p\.seq DESC/i.test(text) ? 'replay' : 'tail';
   }
   if (/^SELECT \d+ AS id, p\.seq\b/i.test(text)) return 'replay';
+  if (/^SELECT \d+ AS part, r\.\*/i.test(text)) return 'replay';
   if (/^INSERT INTO\b/i.test(text)) return 'insert';
   return 'other';
 }

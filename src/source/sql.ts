@@ -120,17 +120,16 @@ export function advanceCounterSql(table: string, nextSeq: number): string {
  * limit left any out. Content is converted to UTF-8 on the server (latin1 tables exist), cut to
  * MAX_CONTENT_BYTES there so a huge row never crosses the wire whole, and sent as bytes.
  */
-export function rowsSql(
-  t: TableSql,
-  range: {
-    after: number;
-    upto: number | null;
-    limit: number;
-    newest: boolean;
-    /** Only the rows of these channels (a replay); every row when absent. */
-    subscription?: Subscription;
-  },
-): string {
+export interface RowRange {
+  readonly after: number;
+  readonly upto: number | null;
+  readonly limit: number;
+  readonly newest: boolean;
+  /** Only the rows of these channels (a replay); every row when absent. */
+  readonly subscription?: Subscription;
+}
+
+export function rowsSql(t: TableSql, range: RowRange): string {
   const max = t.maxContentBytes;
   const order = range.newest ? 'DESC' : 'ASC';
   const upto = range.upto === null ? '' : ` AND seq <= ${range.upto}`;
@@ -150,6 +149,16 @@ FROM (
 ) AS b JOIN ${q(t.table)} AS m ON m.id = b.id
 WHERE b.upto - LEAST(b.bytes, ${max}) < ${BATCH_MAX_BYTES}
 ORDER BY b.seq`;
+}
+
+/**
+ * Several reads of rowsSql in one statement (the replays of many subscriptions), each row tagged
+ * with the index of its read as `part`. Rows come in no particular order.
+ */
+export function rowsManySql(t: TableSql, ranges: readonly RowRange[]): string {
+  return ranges
+    .map((range, part) => `SELECT ${part} AS part, r.* FROM (\n${rowsSql(t, range)}\n) AS r`)
+    .join('\nUNION ALL\n');
 }
 
 /**

@@ -16,6 +16,8 @@ import {
   lockCounterSql,
   pickSql,
   positionsSql,
+  type RowRange,
+  rowsManySql,
   rowsSql,
   seqRange,
   type TableSql,
@@ -25,6 +27,8 @@ import {
 // the kernel's TCP timeout, minutes; the tick must fail and back off instead.
 export const QUERY_TIMEOUT_MS = 10_000;
 const CONNECT_TIMEOUT_MS = 5_000;
+// Replay reads per statement: a statement of a few hundred KB at most, each read on its index.
+const REPLAY_READS = 100;
 
 /**
  * The streamed table as a log (delivery contract 1-3 in docs/delivery.md). `onError` hears of
@@ -83,8 +87,29 @@ export function createTableSource(
   }
 
   /** Claimed rows in seq order (see rowsSql); odd rows are logged when first tailed (`warn`). */
-  async function readRows(range: Parameters<typeof rowsSql>[1], warn: boolean): Promise<Rows> {
-    const found = await run<FoundRow[]>(rowsSql(shape, range));
+  async function readRows(range: RowRange, warn: boolean): Promise<Rows> {
+    return rowsOf(await run<FoundRow[]>(rowsSql(shape, range)), range, warn);
+  }
+
+  /**
+   * Many reads at once (the replays of many subscriptions after a restart): REPLAY_READS of them
+   * per statement, so a round costs a few statements however many subscriptions resume.
+   */
+  async function readMany(ranges: readonly RowRange[]): Promise<Rows[]> {
+    const found: FoundRow[][] = ranges.map(() => []);
+    for (let start = 0; start < ranges.length; start += REPLAY_READS) {
+      const chunk = ranges.slice(start, start + REPLAY_READS);
+      const rows = await run<(FoundRow & { part: unknown })[]>(rowsManySql(shape, chunk));
+      for (const row of rows) found[start + Number(row.part)]?.push(row);
+    }
+    return found.map((part, i) => {
+      part.sort((a, b) => Number(a.seq) - Number(b.seq));
+      return rowsOf(part, ranges[i] as RowRange, false);
+    });
+  }
+
+  /** A read's rows in seq order, bounded as rowsSql asked (one row beyond the limit). */
+  function rowsOf(found: FoundRow[], range: RowRange, warn: boolean): Rows {
     const overLimit = found.length > range.limit;
     if (overLimit) range.newest ? found.shift() : found.pop();
     const upto = Math.max(0, ...found.map((raw) => Number(raw.upto)));
@@ -216,18 +241,32 @@ export function createTableSource(
         group.positions.push(positions.get(since) as Position);
         bySubscription.set(subscription.key, group);
       }
+      const groups = [...bySubscription.values()];
+      const froms = groups.map((group) =>
+        Math.min(...group.positions.map((p) => startOf(p, upto).after)),
+      );
+      // Only the subscriptions with something to replay are read.
+      const wanted = groups.flatMap((group, i) =>
+        (froms[i] as number) >= upto
+          ? []
+          : [
+              {
+                after: froms[i] as number,
+                upto,
+                limit,
+                newest: true,
+                subscription: group.subscription,
+              },
+            ],
+      );
+      const reads = wanted.length === 0 ? [] : await readMany(wanted);
       const answers = new Map<string, Map<string, Replay>>();
-      for (const [key, group] of bySubscription) {
-        const from = Math.min(...group.positions.map((p) => startOf(p, upto).after));
+      let next = 0;
+      groups.forEach((group, i) => {
         const read =
-          from >= upto
-            ? { rows: [], more: false }
-            : await readRows(
-                { after: from, upto, limit, newest: true, subscription: group.subscription },
-                false,
-              );
-        answers.set(key, splitReplay(group.positions, upto, read));
-      }
+          (froms[i] as number) >= upto ? { rows: [], more: false } : (reads[next++] as Rows);
+        answers.set(group.subscription.key, splitReplay(group.positions, upto, read));
+      });
       return requests.map(
         ({ since, subscription }) => answers.get(subscription.key)?.get(since) as Replay,
       );

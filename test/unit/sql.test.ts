@@ -11,6 +11,8 @@ import {
   insertSql,
   migrateTableSql,
   pickSql,
+  type RowRange,
+  rowsManySql,
   rowsSql,
   seqRange,
   type TableSql,
@@ -189,4 +191,23 @@ test('channelFilterSql: names with IN, prefixes with an escaped LIKE, each also 
 test('insertSql names the channel column only when the table has one', () => {
   assert.equal(insertSql('msg', null), 'INSERT INTO `msg` (content) VALUES (?)');
   assert.equal(insertSql('msg', 'room'), 'INSERT INTO `msg` (content, `room`) VALUES (?, ?)');
+});
+
+test('rowsManySql: each read tagged with its part, joined with UNION ALL', () => {
+  const sub = parseChannels(['a'], 64);
+  const ranges = [
+    { after: 1, upto: 9, limit: 10, newest: true, subscription: sub },
+    { after: 4, upto: 9, limit: 10, newest: true },
+  ];
+  const sql = rowsManySql(MSG, ranges);
+  const parts = sql.split('\nUNION ALL\n');
+  assert.equal(parts.length, 2);
+  assert.equal(
+    parts[0],
+    `SELECT 0 AS part, r.* FROM (\n${rowsSql(MSG, ranges[0] as RowRange)}\n) AS r`,
+  );
+  assert.equal(
+    parts[1],
+    `SELECT 1 AS part, r.* FROM (\n${rowsSql(MSG, ranges[1] as RowRange)}\n) AS r`,
+  );
 });
