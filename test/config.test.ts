@@ -26,6 +26,7 @@ test('defaults match the configuration table of the README', () => {
     database: 'test',
   });
   assert.equal(config.msgTable, 'msg');
+  assert.equal(config.channelColumn, 'channel');
   assert.equal(config.host, '127.0.0.1');
   assert.equal(config.port, 8080);
   assert.equal(config.pollIntervalMs, 1000);
@@ -52,6 +53,7 @@ test('every variable is read, and empty values count as unset', () => {
   const config = loadConfig({
     DATABASE_URL: 'mariadb://app:s%40cret@db.example:3307/chat',
     MSG_TABLE: 'notices',
+    CHANNEL_COLUMN: 'room',
     HOST: '0.0.0.0',
     PORT: '9000',
     POLL_INTERVAL_MS: '250',
@@ -75,6 +77,7 @@ test('every variable is read, and empty values count as unset', () => {
     database: 'chat',
   });
   assert.equal(config.msgTable, 'notices');
+  assert.equal(config.channelColumn, 'room');
   assert.equal(config.host, '0.0.0.0');
   assert.equal(config.port, 9000);
   assert.equal(config.pollIntervalMs, 250);
@@ -117,6 +120,10 @@ test('each bad value is named with what was expected', () => {
       /^MSG_TABLE="msg; DROP TABLE users": expected a plain/,
     ],
     [{ MSG_TABLE: 'db.msg' }, /^MSG_TABLE="db.msg"/],
+    [
+      { CHANNEL_COLUMN: 'room`; DROP' },
+      /^CHANNEL_COLUMN="room`; DROP": expected a plain column name/,
+    ],
     [{ DATABASE_URL: 'not a url' }, /^DATABASE_URL="not a url": expected a URL/],
     [{ DATABASE_URL: 'postgres://h/db' }, /^DATABASE_URL=.*scheme mysql:\/\/ or mariadb:\/\//],
     [{ DATABASE_URL: 'mysql://127.0.0.1:3306' }, /^DATABASE_URL=.*one database name/],
