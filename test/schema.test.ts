@@ -10,6 +10,7 @@ import mysql from 'mysql2/promise';
 import { startApp } from './helpers/app.js';
 import { connectionOptions, createTestDb, type TestDb } from './helpers/db.js';
 import { type DbProxy, startDbProxy } from './helpers/proxy.js';
+import { tableRows } from './helpers/seq.js';
 import { openStream, type StreamClient } from './helpers/stream.js';
 import { createUnstartedApp, tcpSockets, waitForSockets } from './helpers/unstarted.js';
 import { waitUntil } from './helpers/wait.js';
@@ -79,16 +80,7 @@ async function counters(): Promise<{ tbl: string; next_seq: number }[]> {
 }
 
 /** id, flag and seq of every row of `table`, rows without a seq first, then in seq order. */
-async function rowsOf(table: string): Promise<{ id: string; flag: number; seq: number | null }[]> {
-  const rows = await db.query<{ id: unknown; flag: unknown; seq: unknown }[]>(
-    `SELECT id, flag, seq FROM \`${table}\` ORDER BY seq, id`,
-  );
-  return rows.map((row) => ({
-    id: String(row.id),
-    flag: Number(row.flag),
-    seq: row.seq === null ? null : Number(row.seq),
-  }));
-}
+const rowsOf = (table: string) => tableRows(db, table);
 
 async function insertInto(table: string, ...contents: string[]): Promise<string[]> {
   const result = await db.query<{ insertId: number }>(

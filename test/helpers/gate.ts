@@ -1,6 +1,7 @@
 import { once } from 'node:events';
 import net from 'node:net';
 import { databaseUrlVia, SERVER_URL } from './db.js';
+import { closeTogether } from './proxy.js';
 
 /**
  * A TCP proxy in front of MariaDB that can hold back one kind of statement: while a hold is
@@ -71,14 +72,7 @@ export async function startGateProxy(): Promise<GateProxy> {
       pending = Buffer.from(pending.subarray(offset));
     });
     upstream.pipe(client);
-    const drop = () => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    client.on('error', drop).on('close', drop);
-    upstream.on('error', drop).on('close', drop);
+    closeTogether(client, upstream, sockets);
   });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');

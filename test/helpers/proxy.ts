@@ -54,14 +54,7 @@ export async function startDbProxy(
     });
     client.pipe(upstream);
     upstream.pipe(client);
-    const drop = () => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    client.on('error', drop).on('close', drop);
-    upstream.on('error', drop).on('close', drop);
+    closeTogether(client, upstream, sockets);
   });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -104,4 +97,16 @@ function readPackets(buffer: Buffer, queries: string[]): Buffer {
     offset += 4 + length;
   }
   return buffer.subarray(offset);
+}
+
+/** Ends both sides of a relayed connection together, when either ends, and forgets them. */
+export function closeTogether(client: net.Socket, upstream: net.Socket, sockets: Set<net.Socket>) {
+  const drop = () => {
+    client.destroy();
+    upstream.destroy();
+    sockets.delete(client);
+    sockets.delete(upstream);
+  };
+  client.on('error', drop).on('close', drop);
+  upstream.on('error', drop).on('close', drop);
 }
