@@ -6,7 +6,7 @@ import { withDbProxy } from './helpers/proxy.js';
 import { openStream, type StreamClient } from './helpers/stream.js';
 import { waitUntil } from './helpers/wait.js';
 
-// A restart of a server with a page per user: 250 streams, each on its own channel, resume at
+// A restart of a server with a page per user: 1,100 streams, each on its own channel, resume at
 // once (docs/delivery.md 3). Each gets exactly the rows of its channel it missed, and the round
 // reads them in a few statements, not one per channel.
 
@@ -18,7 +18,7 @@ after(async () => {
   await db.drop();
 });
 
-const USERS = 250;
+const USERS = 1_100;
 const channelOf = (user: number) => `user:${user}`;
 
 async function insertFor(users: readonly number[], label: string): Promise<string[]> {
@@ -29,7 +29,7 @@ async function insertFor(users: readonly number[], label: string): Promise<strin
   return users.map((_, i) => String(result.insertId + i));
 }
 
-test('250 per-user streams resume together after a restart: each gets its missed rows, in a few reads', async () => {
+test('1,100 per-user streams resume together after a restart: each gets its missed rows, in a few reads', async () => {
   const users = Array.from({ length: USERS }, (_, i) => i);
   // Before the restart: every user saw one row of their own.
   const first = await startApp(db.url);
@@ -78,8 +78,8 @@ test('250 per-user streams resume together after a restart: each gets its missed
         assert.deepEqual(page.gaps(), [], `${channelOf(user)}: exact`);
       }
       const statements = proxy.queries.slice(before);
-      // Each round reads the positions of its ids once, then its subscriptions' rows, 100 to a
-      // statement: rounds + 250 / 100 at most, however the requests fell into rounds.
+      // Each round places its ids (1,000 to a statement), then reads its subscriptions' rows, 100
+      // to a statement: at most (position statements) + USERS / 100 reads.
       const rounds = statements.filter((sql) => /^SELECT \d+ AS id, p\.seq/.test(sql)).length;
       const reads = statements.filter((sql) => /ORDER BY seq DESC LIMIT/.test(sql)).length;
       assert.ok(rounds >= 1, 'resumes were read');

@@ -85,7 +85,8 @@ export interface Source {
   /**
    * For each resume (a row id and a subscription), the rows of its subscription after that row
    * in the delivery order up to seq `upto`: the newest `limit` of them. One statement for the
-   * positions of all the ids, then one per 100 distinct subscriptions. Answers in request order.
+   * positions of up to 1,000 ids, then one per 100 distinct subscriptions. Answers in request
+   * order.
    */
   replay(requests: readonly ResumeRequest[], upto: number, limit: number): Promise<Replay[]>;
   /** Inserts a pending row (of `channel`, when the table has channels); resolves with its id. */

@@ -29,6 +29,8 @@ export const QUERY_TIMEOUT_MS = 10_000;
 const CONNECT_TIMEOUT_MS = 5_000;
 // Replay reads per statement: a statement of a few hundred KB at most, each read on its index.
 const REPLAY_READS = 100;
+// Row ids placed per statement: about 250 bytes of SQL each.
+const POSITIONS_PER_STATEMENT = 1000;
 
 /**
  * The streamed table as a log (delivery contract 1-3 in docs/delivery.md). `onError` hears of
@@ -219,9 +221,13 @@ export function createTableSource(
     async replay(requests, upto, limit) {
       if (requests.length === 0) return [];
       const sinces = [...new Set(requests.map((request) => request.since))];
-      const found = await run<{ id: unknown; seq: unknown; next_seq: unknown }[]>(
-        positionsSql(table, sinces),
-      );
+      const found: { id: unknown; seq: unknown; next_seq: unknown }[] = [];
+      // In chunks: a round after a restart may hold as many distinct ids as streams, and one
+      // statement must stay far below max_allowed_packet (16 MiB by default).
+      for (let start = 0; start < sinces.length; start += POSITIONS_PER_STATEMENT) {
+        const chunk = sinces.slice(start, start + POSITIONS_PER_STATEMENT);
+        found.push(...(await run<typeof found>(positionsSql(table, chunk))));
+      }
       const positions = new Map<string, Position>();
       for (const raw of found) {
         const since = String(raw.id);
