@@ -50,7 +50,9 @@ export function createStreamSide(
   config: Config,
   logger: Logger,
   read: ReadReplays,
-  deps: Pick<ServerDeps, 'health' | 'publish' | 'scrape'> & { metrics?: Metrics },
+  deps: Pick<ServerDeps, 'health' | 'publish' | 'scrape' | 'tableHasChannels'> & {
+    metrics?: Metrics;
+  },
 ): StreamSide {
   const metrics = deps.metrics ?? createMetrics();
   const hub = createHub({
@@ -69,6 +71,7 @@ export function createStreamSide(
     resume: (since, transport, subscription, done) =>
       resumer.request(since, { transport, subscription, done }),
     publish: deps.publish,
+    tableHasChannels: deps.tableHasChannels,
     metrics,
     scrape: deps.scrape,
     logger,
@@ -98,6 +101,7 @@ export function createApp(config: Config, logger: Logger): SingleApp {
     metrics,
     health: () => healthReport(config, table.tailer.health(), side?.hub.size ?? 0),
     publish: (content, channel) => table.publish(content, channel),
+    tableHasChannels: () => table.hasChannels,
     scrape: () => metrics.text(),
   });
   const { http, hub } = side;

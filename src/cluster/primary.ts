@@ -169,7 +169,12 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
   function sendHealth(): void {
     let streams = 0;
     for (const entry of supervisor.live.values()) streams += entry.streams;
-    const message: ToWorker = { t: 'health', tail: table.tailer.health(), streams };
+    const message: ToWorker = {
+      t: 'health',
+      tail: table.tailer.health(),
+      streams,
+      channels: table.hasChannels,
+    };
     for (const entry of supervisor.live.values()) if (entry.ready) supervisor.send(entry, message);
   }
   const healthTimer = setInterval(

@@ -15,7 +15,13 @@ export type ToWorker =
    * it: one, or all that came while the worker was still writing the last message.
    */
   | { readonly t: 'batches'; readonly batches: readonly FramedBatch[] }
-  | { readonly t: 'health'; readonly tail: TailerHealth; readonly streams: number }
+  /** The tailer's health, the cluster's streams, and whether the table has a channel column. */
+  | {
+      readonly t: 'health';
+      readonly tail: TailerHealth;
+      readonly streams: number;
+      readonly channels: boolean;
+    }
   /** The outcome of a worker's request (see rpc.ts), or why it failed. */
   | {
       readonly t: 'answer';

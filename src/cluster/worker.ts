@@ -27,6 +27,8 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
     unclaimedOldestSeconds: 0,
   };
   let total = 0;
+  // Unknown until the primary's first report: channels are not refused meanwhile.
+  let tableHasChannels: boolean | null = null;
   // A worker whose primary is gone is closing (see 'disconnect'): what it would send is moot.
   const send = (message: ToPrimary) => {
     if (process.connected) process.send?.(message);
@@ -38,6 +40,7 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
     (requests) => rpc.call<'replay'>((req) => ({ t: 'replay', req, requests })),
     {
       health: () => healthReport(config, tail, total),
+      tableHasChannels: () => tableHasChannels,
       publish: (content, channel) =>
         rpc.call<'publish'>((req) => ({ t: 'publish', req, content, channel })),
       // The primary adds up every process's figures, this one's included.
@@ -67,6 +70,7 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
       case 'health':
         tail = message.tail;
         total = message.streams;
+        tableHasChannels = message.channels;
         break;
       case 'answer':
         rpc.answer(message.req, message);

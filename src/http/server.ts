@@ -44,6 +44,11 @@ export interface ServerDeps {
     subscription: Subscription,
     done: (frame: Buffer | null) => void,
   ) => void;
+  /**
+   * Whether the table has a channel column, or null while this process does not know yet (a
+   * worker before the primary's first report): without one, asking for a channel is a 400.
+   */
+  readonly tableHasChannels: () => boolean | null;
   /** Inserts a row (of a channel) for POST /messages and makes it go out at once; its id. */
   readonly publish: (content: string, channel: string | null) => Promise<string>;
   /** Counts what happens to streams before they reach the hub. */
@@ -159,6 +164,8 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
       const query = splitTarget(req.url ?? '')?.query ?? '';
       const ask = streamAsk(query, header(req, 'last-event-id'), header(req, 'origin'), config);
       if ('refused' in ask) return reply(res, 400, `${ask.refused}\n`);
+      const noColumn = channelsRefused(ask);
+      if (noColumn !== null) return reply(res, 400, `${noColumn}\n`);
       void authorize(ask, header(req, 'authorization'), header(req, 'cookie')).then((outcome) => {
         if (!outcome.ok) {
           deps.metrics.authRefused(outcome.status);
@@ -167,6 +174,15 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
         openAuthorized(transport, ask, outcome.expiresAt, req, res);
       });
     };
+  }
+
+  /** Why a stream may not ask for channels: the table has none (every row is in channel ''). */
+  function channelsRefused(ask: StreamAsk): string | null {
+    if (ask.subscription.all || deps.tableHasChannels() !== false) return null;
+    return (
+      `table ${config.msgTable} has no ${config.channelColumn} column, so it has no channels: ` +
+      'ask for every row (no channel parameter)'
+    );
   }
 
   /** What a stream's credentials allow: always everything when authorization is off. */
@@ -230,7 +246,7 @@ export function createServer(config: Config, deps: ServerDeps): HttpServer {
       headers.get('origin'),
       config,
     );
-    if ('refused' in ask) return false;
+    if ('refused' in ask || channelsRefused(ask) !== null) return false;
     if (authorizer === null) return serveBare(socket, request, transport, ask, null);
     return authorize(ask, headers.get('authorization'), headers.get('cookie')).then((outcome) => {
       if (!outcome.ok || socket.destroyed || !acceptsStream()) return false;

@@ -16,6 +16,8 @@ import {
 /** The database side of an instance: the table as a log, its tick loop, replays and publishes. */
 export interface TableLog {
   readonly tailer: Tailer;
+  /** Whether the table has a channel column (known once the schema is prepared). */
+  readonly hasChannels: boolean;
   /**
    * Prepares the table (create or migrate), retrying while the database is unreachable. Rejects
    * with SchemaError, MigrationError or DbAccessError when retrying cannot help, or with an
@@ -51,6 +53,9 @@ export function createTableLog(
 
   return {
     tailer,
+    get hasChannels() {
+      return source.hasChannels;
+    },
     async waitForSchema() {
       for (let attempt = 1; ; attempt++) {
         try {
