@@ -1,19 +1,15 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { createTestDb, type TestDb } from './helpers/db.js';
+import { type MainProcess, spawnMain } from './helpers/instance.js';
 import { openStream } from './helpers/stream.js';
 import { getHealth } from './helpers/unstarted.js';
 import { waitUntil } from './helpers/wait.js';
 
 // The rowcast process as an operator runs it: `node dist/src/main.js`, configured by env and .env.
-
-const MAIN = fileURLToPath(new URL('../src/main.js', import.meta.url));
 
 let db: TestDb;
 before(async () => {
@@ -23,45 +19,20 @@ after(async () => {
   await db.drop();
 });
 
-interface Run {
-  readonly child: ChildProcess;
-  readonly stdout: string;
-  readonly stderr: string;
-  /** Parsed JSON log lines so far. */
+interface Run extends MainProcess {
+  /** Parsed JSON log lines so far: every stdout line must be one. */
   logs(): Record<string, unknown>[];
-  readonly exited: Promise<number | null>;
 }
 
 function run(env: Record<string, string>, cwd = tmpdir()): Run {
-  const child = spawn(process.execPath, [MAIN], {
-    cwd,
-    env: { PATH: process.env.PATH ?? '', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-    stdout += chunk;
-  });
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
-    stderr += chunk;
-  });
-  const exited = once(child, 'exit').then(([code]) => code as number | null);
-  return {
-    child,
-    get stdout() {
-      return stdout;
-    },
-    get stderr() {
-      return stderr;
-    },
+  const proc = spawnMain(env, cwd);
+  return Object.assign(proc, {
     logs: () =>
-      stdout
+      proc.stdout
         .split('\n')
         .filter((line) => line !== '')
         .map((line) => JSON.parse(line) as Record<string, unknown>),
-    exited,
-  };
+  });
 }
 
 async function started(proc: Run): Promise<URL> {

@@ -1,14 +1,12 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import mysql from 'mysql2/promise';
 import { startApp } from './helpers/app.js';
 import { connectionOptions, createTestDb, type TestDb } from './helpers/db.js';
+import { spawnMain } from './helpers/instance.js';
 import { type DbProxy, startDbProxy } from './helpers/proxy.js';
 import { tableRows } from './helpers/seq.js';
 import { openStream, type StreamClient } from './helpers/stream.js';
@@ -19,8 +17,6 @@ import { waitUntil } from './helpers/wait.js';
 // 1) when it is rowcast v1's or a PHP loop's, refused with the statements to run when the user may
 // not migrate it, refused with a clear error when it cannot work, refused at once when the database
 // turns us away, read as UTF-8 whatever its charset.
-
-const MAIN = fileURLToPath(new URL('../src/main.js', import.meta.url));
 
 let db: TestDb;
 let proxy: DbProxy;
@@ -369,24 +365,13 @@ async function withoutDdl(of: TestDb, body: (url: string) => Promise<void>): Pro
   }
 }
 
-/** `node dist/src/main.js` with `env` (as an operator runs it); resolves with its exit and stdout. */
+/** `node dist/src/main.js` with `env` (as an operator runs it); its exit and all it wrote. */
 async function runMain(env: Record<string, string>): Promise<{ code: number | null; out: string }> {
-  const child = spawn(process.execPath, [MAIN], {
-    cwd: tmpdir(),
-    env: { PATH: process.env.PATH ?? '', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-    out += chunk;
-  });
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
-    out += chunk;
-  });
-  const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+  const proc = spawnMain(env);
+  const timer = setTimeout(() => proc.child.kill('SIGKILL'), 30_000);
   try {
-    const [code] = (await once(child, 'exit')) as [number | null];
-    return { code, out };
+    const code = await proc.exited;
+    return { code, out: proc.stdout + proc.stderr };
   } finally {
     clearTimeout(timer);
   }

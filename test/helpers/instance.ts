@@ -7,6 +7,42 @@ import { waitUntil } from './wait.js';
 
 const MAIN = fileURLToPath(new URL('../../src/main.js', import.meta.url));
 
+/** `node dist/src/main.js` running, its output collected as it comes. */
+export interface MainProcess {
+  readonly child: ChildProcess;
+  /** Everything written to stdout (the pino lines) and stderr so far. */
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly exited: Promise<number | null>;
+}
+
+/** Runs rowcast as an operator does, with `env` only (and PATH), in `cwd` (where .env is read). */
+export function spawnMain(env: Record<string, string>, cwd = tmpdir()): MainProcess {
+  const child = spawn(process.execPath, [MAIN], {
+    cwd,
+    env: { PATH: process.env.PATH ?? '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+    stdout += chunk;
+  });
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
+    stderr += chunk;
+  });
+  return {
+    child,
+    get stdout() {
+      return stdout;
+    },
+    get stderr() {
+      return stderr;
+    },
+    exited: once(child, 'exit').then(([code]) => code as number | null),
+  };
+}
+
 /** A rowcast instance as an operator runs it: `node dist/src/main.js`, its own process. */
 export interface Instance {
   readonly child: ChildProcess;
@@ -27,22 +63,10 @@ export async function startInstance(
   databaseUrl: string,
   env: Record<string, string> = {},
 ): Promise<Instance> {
-  const child = spawn(process.execPath, [MAIN], {
-    cwd: tmpdir(),
-    env: { PATH: process.env.PATH ?? '', ...testEnv(databaseUrl, { WORKERS: '1', ...env }) },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-    stdout += chunk;
-  });
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
-    stderr += chunk;
-  });
-  const exited = once(child, 'exit').then(([code]) => code as number | null);
+  const proc = spawnMain(testEnv(databaseUrl, { WORKERS: '1', ...env }));
+  const { child, exited } = proc;
   const logs = () =>
-    stdout
+    proc.stdout
       .split('\n')
       .filter((line) => line.startsWith('{'))
       .map((line) => JSON.parse(line) as Record<string, unknown>);
@@ -52,7 +76,8 @@ export async function startInstance(
   });
   const listening = await waitUntil(
     () => {
-      if (early !== undefined) throw new Error(`instance exited (${early}): ${stderr}${stdout}`);
+      if (early !== undefined)
+        throw new Error(`instance exited (${early}): ${proc.stderr}${proc.stdout}`);
       return logs().find((entry) => entry.event === 'server.listening');
     },
     'the instance to listen',
