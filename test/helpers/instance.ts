@@ -13,6 +13,7 @@ export interface MainProcess {
   /** Everything written to stdout (the pino lines) and stderr so far. */
   readonly stdout: string;
   readonly stderr: string;
+  /** Resolves with the exit code (null when killed by a signal) once all output is read. */
   readonly exited: Promise<number | null>;
 }
 
@@ -39,7 +40,8 @@ export function spawnMain(env: Record<string, string>, cwd = tmpdir()): MainProc
     get stderr() {
       return stderr;
     },
-    exited: once(child, 'exit').then(([code]) => code as number | null),
+    // 'close', not 'exit': the process may exit before its last output is read.
+    exited: once(child, 'close').then(([code]) => code as number | null),
   };
 }
 
