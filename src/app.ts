@@ -1,5 +1,5 @@
 import type { Config } from './config.js';
-import { type Framed, framedRows, mergeFramed } from './fanout/framed.js';
+import { type Framed, framedRows } from './fanout/framed.js';
 import { createHub, type Hub } from './fanout/hub.js';
 import { createResumer, type ReadReplays } from './fanout/resumer.js';
 import { createServer, type ServerDeps } from './http/server.js';
@@ -35,10 +35,10 @@ export interface StreamSide {
   readonly hub: Hub;
   readonly metrics: Metrics;
   /**
-   * Writes batches that arrived together to every stream, one write per stream, and holds each
-   * for the streams whose replay is being read. Returns the number of streams written to.
+   * Hands a batch to the hub and holds it for the streams whose replay is being read. Returns
+   * the number of streams it is for.
    */
-  deliver(batches: readonly Framed[]): number;
+  deliver(batch: Framed): number;
   readonly http: ReturnType<typeof createServer>;
 }
 
@@ -52,6 +52,8 @@ export function createStreamSide(
   read: ReadReplays,
   deps: Pick<ServerDeps, 'health' | 'publish' | 'scrape' | 'tableHasChannels'> & {
     metrics?: Metrics;
+    /** Every stream has been written every batch up to this cursor. */
+    onWritten?: (lastSeq: number) => void;
   },
 ): StreamSide {
   const metrics = deps.metrics ?? createMetrics();
@@ -60,6 +62,7 @@ export function createStreamSide(
     heartbeatMs: config.heartbeatMs,
     logger,
     metrics,
+    ...(deps.onWritten === undefined ? {} : { onWritten: deps.onWritten }),
   });
   metrics.watchStreams(() => hub.sizes());
   metrics.watchChannels(() => hub.channels());
@@ -80,9 +83,9 @@ export function createStreamSide(
     hub,
     metrics,
     http,
-    deliver(batches) {
-      for (const batch of batches) resumer.hold(batch);
-      return hub.broadcast(mergeFramed(batches));
+    deliver(batch) {
+      resumer.hold(batch);
+      return hub.broadcast(batch);
     },
   };
 }
@@ -94,7 +97,7 @@ export function createApp(config: Config, logger: Logger): SingleApp {
   const table = createTableLog(
     config,
     logger,
-    (batch) => side?.deliver([framedRows(batch.rows, batch.lastSeq)]) ?? 0,
+    (batch) => side?.deliver(framedRows(batch.rows, batch.lastSeq)) ?? 0,
     metrics,
   );
   side = createStreamSide(config, logger, table.readReplays, {

@@ -1,4 +1,5 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { ChannelError, parseChannels, type Subscription } from './core/subscription.js';
 import { ConfigError } from './errors.js';
@@ -62,12 +63,50 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 /** MEDIUMTEXT holds at most 2^24 - 1 bytes; a larger cap would never apply. */
 const MEDIUMTEXT_MAX_BYTES = 16_777_215;
 
+/** What the defaults that follow the machine are computed from. */
+export interface Machine {
+  readonly cores: number;
+  /** The process's limit of open files (its soft RLIMIT_NOFILE), null where unknown. */
+  readonly openFiles: number | null;
+}
+
+/** This machine and process (Node raises the soft file limit to the hard one at start). */
+export function readMachine(): Machine {
+  let openFiles: number | null = null;
+  try {
+    const limits = readFileSync('/proc/self/limits', 'utf8');
+    const soft = /^Max open files\s+(\d+)/m.exec(limits)?.[1];
+    if (soft !== undefined) openFiles = Number(soft);
+  } catch {
+    // Not Linux: the fixed default below.
+  }
+  return { cores: availableParallelism(), openFiles };
+}
+
+// MAX_STREAMS where the file limit is unknown.
+const FALLBACK_MAX_STREAMS = 10_000;
+
 /**
- * Reads rowcast's configuration from environment variables (see README "Configuration").
- * Pure: the caller decides where `env` comes from. Every invalid variable is reported at once in a
- * single ConfigError; an empty value counts as unset.
+ * MAX_STREAMS when it is not set: every stream holds a socket, so as many as the process may
+ * open, less a reserve for everything else it opens (the listener, the pool, IPC, requests that
+ * are not streams, streams waiting for their replay): 5 %, at least 64, at most 1,000.
  */
-export function loadConfig(env: Readonly<Record<string, string | undefined>>): Config {
+export function defaultMaxStreams(openFiles: number | null): number {
+  if (openFiles === null) return FALLBACK_MAX_STREAMS;
+  const reserve = Math.max(64, Math.min(1_000, Math.ceil(openFiles * 0.05)));
+  return Math.max(1, openFiles - reserve);
+}
+
+/**
+ * Reads rowcast's configuration from environment variables (see README "Configuration"), with
+ * the defaults that follow the machine computed from `machine`. Pure: the caller decides where
+ * `env` and `machine` come from. Every invalid variable is reported at once in a single
+ * ConfigError; an empty value counts as unset.
+ */
+export function loadConfig(
+  env: Readonly<Record<string, string | undefined>>,
+  machine: Machine = readMachine(),
+): Config {
   const problems: string[] = [];
   const read = (name: string): string | undefined => {
     const value = env[name];
@@ -99,13 +138,13 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     padBytes: int('PAD_BYTES', 0, 0, 65_536),
     // Below the 60 s idle cut of nginx and most load balancers.
     heartbeatMs: int('HEARTBEAT_MS', 15_000, 50, 3_600_000),
-    maxStreams: int('MAX_STREAMS', 10_000, 1, 1_000_000),
+    maxStreams: int('MAX_STREAMS', defaultMaxStreams(machine.openFiles), 1, 1_000_000),
     maxBufferedBytes: int('MAX_BUFFERED_BYTES', 1_048_576, 1024, 1_073_741_824),
     // A row larger than this is cut to this many bytes, so one hostile row cannot exhaust memory.
     maxContentBytes: int('MAX_CONTENT_BYTES', 1_048_576, 1, MEDIUMTEXT_MAX_BYTES),
     logLevel: parseLogLevel(read('LOG_LEVEL') ?? 'info', problems),
     // One worker process per core; 1 serves from a single process (no cluster).
-    workers: int('WORKERS', Math.min(availableParallelism(), MAX_WORKERS), 1, MAX_WORKERS),
+    workers: int('WORKERS', Math.min(machine.cores, MAX_WORKERS), 1, MAX_WORKERS),
     // Enough for a chat page's visible history; each replay is bounded by bytes as well.
     replayLimit: int('REPLAY_LIMIT', 1000, 1, 100_000),
     publishToken: parsePublishToken(read('PUBLISH_TOKEN'), problems),

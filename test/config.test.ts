@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { availableParallelism } from 'node:os';
 import { test } from 'node:test';
-import { loadConfig, redactPassword } from '../src/config.js';
+import { defaultMaxStreams, loadConfig, readMachine, redactPassword } from '../src/config.js';
 import { ConfigError } from '../src/errors.js';
 
 function problemsOf(env: Record<string, string>): readonly string[] {
@@ -33,11 +32,11 @@ test('defaults match the configuration table of the README', () => {
   assert.equal(config.batchSize, 500);
   assert.equal(config.padBytes, 0);
   assert.equal(config.heartbeatMs, 15_000);
-  assert.equal(config.maxStreams, 10_000);
+  assert.equal(config.maxStreams, defaultMaxStreams(readMachine().openFiles));
   assert.equal(config.maxBufferedBytes, 1_048_576);
   assert.equal(config.maxContentBytes, 1_048_576);
   assert.equal(config.logLevel, 'info');
-  assert.equal(config.workers, Math.min(availableParallelism(), 64));
+  assert.equal(config.workers, Math.min(readMachine().cores, 64));
   assert.equal(config.replayLimit, 1000);
   assert.equal(config.publishToken, null);
   assert.equal(config.allowOrigin, null);
@@ -313,4 +312,18 @@ test('the HS256 secret never appears in an error', () => {
   const long = 'hunter2-hunter2-hunter2-hunter2-hunter2';
   const [problem] = problemsOf({ SUBSCRIBER_JWT_KEY: long, SUBSCRIBER_JWT_ALGORITHM: 'RS256' });
   assert.ok(!(problem as string).includes('hunter2'), problem);
+});
+
+test('MAX_STREAMS follows the file limit of the process unless set; WORKERS the cores', () => {
+  assert.equal(defaultMaxStreams(20_000), 19_000);
+  assert.equal(defaultMaxStreams(1_024), 960);
+  assert.equal(defaultMaxStreams(1_048_576), 1_047_576);
+  assert.equal(defaultMaxStreams(null), 10_000);
+  const machine = { cores: 6, openFiles: 20_000 };
+  assert.equal(loadConfig({}, machine).maxStreams, 19_000);
+  assert.equal(loadConfig({}, machine).workers, 6);
+  assert.equal(loadConfig({ MAX_STREAMS: '25000' }, machine).maxStreams, 25_000);
+  // This process, read from /proc on Linux.
+  const here = readMachine();
+  if (process.platform === 'linux') assert.ok((here.openFiles ?? 0) > 0);
 });

@@ -11,18 +11,16 @@ export interface FramedBatch {
 }
 
 /**
- * The batches on their way to one worker. One message is in flight at a time; batches that come
- * while the worker is still writing wait here and go out together in the next message, so a busy
- * worker writes once per stream for all of them (Node's IPC hands a worker one message per
- * event-loop turn, so merging on the worker's side would not happen).
+ * The batches sent to one worker and not yet written to all its streams. Each goes out at once:
+ * a worker that is still writing takes it in between two slices of writes and merges it into
+ * the writes it has not done yet (src/fanout/hub.ts), so nothing waits here for the worker.
+ * What is counted here tells the primary when a worker no longer keeps up.
  */
 export interface Backlog {
-  /** Sends the batch now when the worker is idle, else keeps it for the next message. */
+  /** Sends the batch now. */
   push(batch: FramedBatch): void;
-  /** The worker wrote the message up to `lastSeq`: the next one goes out. */
+  /** Every stream of the worker has the batches up to `lastSeq`. */
   acked(lastSeq: number): void;
-  /** Sends what waits now, in flight or not: before a message that must come after it. */
-  flush(): void;
   /** Batches and bytes not written yet, and how long the oldest has waited (0 when none). */
   state(now: number): { batches: number; bytes: number; waitedMs: number };
   /** Forgets everything (the worker is gone). */
@@ -30,48 +28,28 @@ export interface Backlog {
 }
 
 export function createBacklog(
-  send: (batches: readonly FramedBatch[]) => void,
+  send: (batch: FramedBatch) => void,
   now: () => number = Date.now,
 ): Backlog {
-  let waiting: FramedBatch[] = [];
-  let waitingSince = 0;
-  // The messages sent and not acknowledged, oldest first.
-  let inFlight: { lastSeq: number; batches: number; bytes: number; sentAt: number }[] = [];
-
-  function sendWaiting(): void {
-    if (waiting.length === 0) return;
-    const batches = waiting;
-    waiting = [];
-    const last = batches[batches.length - 1] as FramedBatch;
-    const bytes = batches.reduce((sum, batch) => sum + batch.bytes, 0);
-    inFlight.push({ lastSeq: last.lastSeq, batches: batches.length, bytes, sentAt: waitingSince });
-    send(batches);
-  }
+  // Sent and not acknowledged, oldest first.
+  let unwritten: { lastSeq: number; bytes: number; sentAt: number }[] = [];
 
   return {
     push(batch) {
-      if (waiting.length === 0) waitingSince = now();
-      waiting.push(batch);
-      if (inFlight.length === 0) sendWaiting();
+      unwritten.push({ lastSeq: batch.lastSeq, bytes: batch.bytes, sentAt: now() });
+      send(batch);
     },
     acked(lastSeq) {
-      inFlight = inFlight.filter((message) => message.lastSeq > lastSeq);
-      if (inFlight.length === 0) sendWaiting();
+      const firstLeft = unwritten.findIndex((batch) => batch.lastSeq > lastSeq);
+      unwritten = firstLeft === -1 ? [] : unwritten.slice(firstLeft);
     },
-    flush: sendWaiting,
     state(at) {
-      let batches = waiting.length;
-      let bytes = waiting.reduce((sum, batch) => sum + batch.bytes, 0);
-      for (const message of inFlight) {
-        batches += message.batches;
-        bytes += message.bytes;
-      }
-      const oldest = inFlight[0]?.sentAt ?? (waiting.length > 0 ? waitingSince : at);
-      return { batches, bytes, waitedMs: at - oldest };
+      const bytes = unwritten.reduce((sum, batch) => sum + batch.bytes, 0);
+      const oldest = unwritten[0]?.sentAt ?? at;
+      return { batches: unwritten.length, bytes, waitedMs: at - oldest };
     },
     clear() {
-      waiting = [];
-      inFlight = [];
+      unwritten = [];
     },
   };
 }

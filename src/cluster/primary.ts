@@ -54,7 +54,7 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
     onMessage(entry, message) {
       switch (message.t) {
         case 'ack': {
-          entry.streams = message.written;
+          entry.streams = message.streams;
           entry.backlog.acked(message.lastSeq);
           break;
         }
@@ -79,11 +79,8 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
           ? table.publish(request.content, request.channel)
           : scrape();
     work.then(
-      (value) => {
-        // The batches up to the replay's cursor must reach the worker before the replay does.
-        if (request.t === 'replay') entry.backlog.flush();
-        supervisor.send(entry, { t: 'answer', req: request.req, value });
-      },
+      // The batches up to a replay's cursor went out before it: one pipe keeps the order.
+      (value) => supervisor.send(entry, { t: 'answer', req: request.req, value }),
       (err: Error & { code?: string }) =>
         supervisor.send(entry, {
           t: 'answer',
@@ -95,8 +92,9 @@ export function createClusterPrimary(config: Config, logger: Logger, options: Cl
   }
 
   /**
-   * Hands a batch to every ready worker, framed once for all: at once to an idle one, with the
-   * next message to a busy one. Returns how many streams the workers last reported.
+   * Hands a batch to every ready worker, framed once for all, without waiting for any (a busy
+   * worker merges it into the writes it has not done yet). Returns how many streams the workers
+   * last reported.
    */
   function deliver(batch: Batch): number {
     const frames = frameAll(transports, batch.rows);

@@ -10,11 +10,8 @@ import type { FramedBatch } from './backlog.js';
 
 /** Primary → worker. */
 export type ToWorker =
-  /**
-   * Batches in seq order, each framed per transport (by transport name) with the cursor after
-   * it: one, or all that came while the worker was still writing the last message.
-   */
-  | { readonly t: 'batches'; readonly batches: readonly FramedBatch[] }
+  /** The next batch in seq order, framed per transport (by transport name), with its cursor. */
+  | { readonly t: 'batch'; readonly batch: FramedBatch }
   /** The tailer's health, the cluster's streams, and whether the table has a channel column. */
   | {
       readonly t: 'health';
@@ -38,8 +35,8 @@ export type ToWorker =
 /** Worker → primary. */
 export type ToPrimary =
   | { readonly t: 'ready'; readonly url: string }
-  /** The batches up to `lastSeq` are written; `written`, to how many streams. */
-  | { readonly t: 'ack'; readonly lastSeq: number; readonly written: number }
+  /** Every stream has the batches up to `lastSeq`; `streams`: how many it holds. */
+  | { readonly t: 'ack'; readonly lastSeq: number; readonly streams: number }
   | { readonly t: 'streams'; readonly n: number }
   | { readonly t: 'collected'; readonly req: number; readonly figures: Figures }
   | Request;

@@ -73,7 +73,7 @@ export function createSupervisor(options: SupervisorOptions): Supervisor {
       ready: false,
       streams: 0,
       startedAt: Date.now(),
-      backlog: createBacklog((batches) => send(entry, { t: 'batches', batches })),
+      backlog: createBacklog((batch) => send(entry, { t: 'batch', batch })),
     };
     live.set(worker.id, entry);
     if (options.workerOutput !== undefined) pipeLines(worker, options.workerOutput);

@@ -45,6 +45,8 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
         rpc.call<'publish'>((req) => ({ t: 'publish', req, content, channel })),
       // The primary adds up every process's figures, this one's included.
       scrape: () => rpc.call<'scrape'>((req) => ({ t: 'scrape', req }), SCRAPE_TIMEOUT_MS),
+      // The primary counts what is not written yet (and kills a worker that falls too far behind).
+      onWritten: (lastSeq) => send({ t: 'ack', lastSeq, streams: side.hub.size }),
     },
   );
   const { hub, metrics, http } = side;
@@ -60,13 +62,10 @@ export async function runWorker(config: Config, logger: Logger): Promise<void> {
   process.on('disconnect', close);
   process.on('message', (message: ToWorker) => {
     switch (message.t) {
-      case 'batches': {
-        // Several batches (the primary merged them while this worker wrote): one write per stream.
-        const written = side.deliver(message.batches.map(framedFrames));
-        const last = message.batches[message.batches.length - 1];
-        if (last !== undefined) send({ t: 'ack', lastSeq: last.lastSeq, written });
+      case 'batch':
+        // Acknowledged through onWritten once every stream has it.
+        side.deliver(framedFrames(message.batch));
         break;
-      }
       case 'health':
         tail = message.tail;
         total = message.streams;

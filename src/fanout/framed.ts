@@ -46,33 +46,3 @@ export function framedFrom(
     },
   };
 }
-
-/**
- * Batches that are pending together as one: one write per stream for all of them, the cursor of
- * the last. Row indexes run on across the batches.
- */
-export function mergeFramed(batches: readonly Framed[]): Framed {
-  const [first] = batches;
-  if (first === undefined) throw new Error('mergeFramed needs at least one batch');
-  if (batches.length === 1) return first;
-  const starts: number[] = [];
-  const channels: string[] = [];
-  for (const batch of batches) {
-    starts.push(channels.length);
-    channels.push(...batch.channels);
-  }
-  return {
-    lastSeq: (batches[batches.length - 1] as Framed).lastSeq,
-    channels,
-    frame(transport, rows) {
-      const parts = batches.map((batch, b) => {
-        if (rows === undefined) return batch.frame(transport);
-        const start = starts[b] as number;
-        const end = start + batch.channels.length;
-        const own = rows.filter((i) => i >= start && i < end).map((i) => i - start);
-        return own.length === 0 ? null : batch.frame(transport, own);
-      });
-      return Buffer.concat(parts.filter((part): part is Buffer => part !== null));
-    },
-  };
-}

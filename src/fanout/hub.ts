@@ -43,10 +43,10 @@ export interface Hub {
   /** Adds an open stream (its preamble already written); it leaves by itself on disconnect. */
   add(stream: Stream, joining: Joining): void;
   /**
-   * Writes a batch to every open stream whose subscription has rows in it: the rows of each
-   * subscription are framed once per transport, never per stream, found through an index of the
-   * subscriptions by channel (work per batch grows with rows plus streams written). Returns the
-   * number of streams written to.
+   * Queues a batch for every open stream whose subscription has rows in it (found through an
+   * index of the subscriptions by channel) and starts writing: the first WRITE_SLICE streams at
+   * once, the rest in later turns of the event loop. A stream still waiting for an earlier batch
+   * when this one comes gets both in one write. Returns the number of streams it is for.
    */
   broadcast(batch: Framed): number;
   /** Open streams right now. */
@@ -75,6 +75,8 @@ export interface HubOptions {
   readonly logger: Logger;
   /** Counts bytes written and cut-offs (rowcast_bytes_written_total, …). */
   readonly metrics?: HubMetrics;
+  /** Every open stream has been written every batch up to this cursor (the cluster's ack). */
+  readonly onWritten?: (lastSeq: number) => void;
 }
 
 /** What the hub counts: once per transport per broadcast, never per stream. */
@@ -95,12 +97,15 @@ const BURST_WINDOW_MS = 10_000;
 const LAST_CHUNK = Buffer.from('0\r\n\r\n');
 // Token expiries are checked this often: one timer for the hub, not one per stream.
 const EXPIRY_SWEEP_MS = 1_000;
+// Writes between two turns of the event loop: 10-25 ms of loopback writes here. Between slices
+// the process takes in new batches (merged into the rest of the pass), connections and requests.
+export const WRITE_SLICE = 1_000;
 
 /** The streams of one transport and framing within an audience. */
 interface Group {
   readonly transport: Transport;
   readonly chunked: boolean;
-  readonly streams: Set<Stream>;
+  readonly streams: Map<Stream, Member>;
   /** The largest frame written within BURST_WINDOW_MS, and when. */
   burstBytes: number;
   burstAt: number;
@@ -111,12 +116,22 @@ interface Audience {
   readonly subscription: Subscription;
   readonly groups: Group[];
   size: number;
+  /** Its rows of the batches not yet written to all its streams, oldest first. */
+  due: Due[];
+}
+
+/** An audience's rows of one batch (undefined: all of them). */
+interface Due {
+  readonly batch: Framed;
+  readonly rows: number[] | undefined;
 }
 
 interface Member {
   readonly audience: Audience;
   readonly group: Group;
   readonly expiresAt: number | null;
+  /** The cursor of the last batch written to it (the hub's cursor when it joined). */
+  sent: number;
 }
 
 export function createHub(options: HubOptions): Hub {
@@ -131,6 +146,12 @@ export function createHub(options: HubOptions): Hub {
   const byPrefix = new Map<string, Set<Audience>>();
   // The lengths of the prefixes in byPrefix, with how many prefixes have each.
   const prefixLengths = new Map<number, number>();
+  // The audiences with batches due to some of their streams, in the order they are written.
+  let dirty = new Set<Audience>();
+  // The cursor of the last batch broadcast: where a stream that joins now stands.
+  let head = 0;
+  // The pass being written, one slice per turn of the event loop (null: nothing due).
+  let pass: Generator<void, void, void> | null = null;
   let size = 0;
   let lastWriteAt = Date.now();
   let heartbeatTimer: NodeJS.Timeout | null = null;
@@ -148,7 +169,7 @@ export function createHub(options: HubOptions): Hub {
     const { subscription } = joining;
     let audience = audiences.get(subscription.key);
     if (audience === undefined) {
-      audience = { subscription, groups: [], size: 0 };
+      audience = { subscription, groups: [], size: 0, due: [] };
       audiences.set(subscription.key, audience);
       index(audience, 1);
     }
@@ -160,16 +181,17 @@ export function createHub(options: HubOptions): Hub {
       group = {
         transport: joining.transport,
         chunked,
-        streams: new Set(),
+        streams: new Map(),
         burstBytes: 0,
         burstAt: 0,
       };
       audience.groups.push(group);
     }
-    group.streams.add(stream);
+    const member: Member = { audience, group, expiresAt: joining.expiresAt, sent: head };
+    group.streams.set(stream, member);
     audience.size++;
     size++;
-    members.set(stream, { audience, group, expiresAt: joining.expiresAt });
+    members.set(stream, member);
     if (joining.expiresAt !== null)
       expiryTimer ??= setInterval(sweepExpired, EXPIRY_SWEEP_MS).unref();
   }
@@ -230,28 +252,113 @@ export function createHub(options: HubOptions): Hub {
   }
 
   function broadcast(batch: Framed): number {
-    const now = Date.now();
-    let written = 0;
+    head = batch.lastSeq;
+    let addressed = 0;
     for (const [audience, rows] of audiencesOf(batch)) {
-      const frames = new Map<Transport, Buffer>();
-      for (const group of audience.groups) {
-        if (group.streams.size === 0) continue;
-        let bytes = frames.get(group.transport);
-        if (bytes === undefined) {
-          bytes = batch.frame(group.transport, rows);
-          frames.set(group.transport, bytes);
-        }
-        written += writeGroup(group, bytes, now);
-      }
+      audience.due.push({ batch, rows });
+      dirty.add(audience);
+      addressed += audience.size;
     }
-    lastWriteAt = now;
-    return written;
+    if (pass === null) {
+      pass = writePasses();
+      writeSlice();
+    }
+    return addressed;
   }
 
-  /** Writes `bytes` to every stream of the group (cutting slow ones); returns how many. */
-  function writeGroup(group: Group, frame: Buffer, now: number): number {
+  /** Writes one slice of the pass, and schedules the next while there is one. */
+  function writeSlice(): void {
+    if (pass === null) return;
+    if (pass.next().done) {
+      pass = null;
+      options.onWritten?.(head);
+    } else setImmediate(writeSlice);
+  }
+
+  /** Writes the rest of the pass now (at shutdown, before the closing frames). */
+  function writeAll(): void {
+    while (pass !== null && !pass.next().done);
+    pass = null;
+  }
+
+  /**
+   * Writes every stream the rows due to it, one write per stream for all its batches, yielding
+   * after every WRITE_SLICE writes. Batches that come meanwhile are merged into the writes of the
+   * streams not yet reached; the streams already written get them in the next round, until none
+   * is behind.
+   */
+  function* writePasses(): Generator<void, void, void> {
+    let writes = 0;
+    while (dirty.size > 0) {
+      const round = dirty;
+      dirty = new Set();
+      const floor = head;
+      for (const audience of round) {
+        if (audience.size === 0) continue;
+        for (const group of audience.groups) {
+          // Frames by the stream's cursor: streams of a group stand at one or two points.
+          let frames = new Map<number, Buffer | null>();
+          let bytes = 0;
+          let written = 0;
+          for (const [stream, member] of group.streams) {
+            let frame = frames.get(member.sent);
+            if (frame === undefined) {
+              frame = frameDue(audience, group, member.sent);
+              frames.set(member.sent, frame);
+            }
+            if (frame === null) continue;
+            if (stream.writableLength > maxBufferedBytes + group.burstBytes) {
+              cut(stream, group);
+              continue;
+            }
+            stream.write(frame);
+            member.sent = head;
+            bytes += frame.length;
+            written++;
+            if (++writes % WRITE_SLICE === 0) {
+              metrics.written(group.transport.name, bytes);
+              bytes = 0;
+              lastWriteAt = Date.now();
+              yield;
+              // Batches may have come: frames are built afresh from the audience's due rows.
+              frames = new Map();
+            }
+          }
+          if (written > 0) metrics.written(group.transport.name, bytes);
+        }
+        // Every stream has the rows due at the start of its visit; the ones that came later are
+        // written to the streams that missed them in the next round.
+        audience.due = audience.due.filter((due) => due.batch.lastSeq > floor);
+        if (audience.due.length > 0) dirty.add(audience);
+      }
+      lastWriteAt = Date.now();
+      if (dirty.size > 0) options.onWritten?.(floor);
+    }
+  }
+
+  /**
+   * What a stream of `group` at cursor `sent` is due (null: nothing), framed; a larger frame
+   * than the recent ones widens the group's burst allowance.
+   */
+  function frameDue(audience: Audience, group: Group, sent: number): Buffer | null {
+    const parts: Buffer[] = [];
+    for (const due of audience.due) {
+      if (due.batch.lastSeq > sent) parts.push(due.batch.frame(group.transport, due.rows));
+    }
+    const body = parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts);
     // An empty chunk would end an HTTP/1.1 body.
-    if (frame.length === 0) return 0;
+    if (body.length === 0) return null;
+    const frame = group.chunked ? chunk(body) : body;
+    const now = Date.now();
+    if (now - group.burstAt > BURST_WINDOW_MS || frame.length >= group.burstBytes) {
+      group.burstBytes = frame.length;
+      group.burstAt = now;
+    }
+    return frame;
+  }
+
+  /** Writes `bytes` to every stream of the group now (cutting slow ones). */
+  function writeGroup(group: Group, frame: Buffer, now: number): void {
     const bytes = group.chunked ? chunk(frame) : frame;
     if (now - group.burstAt > BURST_WINDOW_MS || bytes.length >= group.burstBytes) {
       group.burstBytes = bytes.length;
@@ -259,7 +366,7 @@ export function createHub(options: HubOptions): Hub {
     }
     const limit = maxBufferedBytes + group.burstBytes;
     let written = 0;
-    for (const stream of group.streams) {
+    for (const stream of group.streams.keys()) {
       if (stream.writableLength > limit) {
         cut(stream, group);
       } else {
@@ -268,7 +375,6 @@ export function createHub(options: HubOptions): Hub {
       }
     }
     metrics.written(group.transport.name, written * bytes.length);
-    return written;
   }
 
   function eachGroup(visit: (group: Group) => void): void {
@@ -302,7 +408,11 @@ export function createHub(options: HubOptions): Hub {
         continue;
       }
       leave(stream);
-      const { transport, chunked } = member.group;
+      const { audience, group } = member;
+      const { transport, chunked } = group;
+      // The rows it is due come before its closing frame: it resumes after them.
+      const due = frameDue(audience, group, member.sent);
+      if (due !== null) stream.write(due);
       stream.end(finalBytes(transport, chunked ? 'chunked' : 'raw', transport.expired));
       metrics.expired(member.group.transport.name);
       log.debug(
@@ -356,18 +466,19 @@ export function createHub(options: HubOptions): Hub {
     },
     channels: () => byChannel.size + byPrefix.size,
     closeAll() {
+      writeAll();
       if (heartbeatTimer !== null) clearTimeout(heartbeatTimer);
       heartbeatTimer = null;
       if (expiryTimer !== null) clearInterval(expiryTimer);
       expiryTimer = null;
       eachGroup((group) => {
         const last = finalBytes(group.transport, group.chunked ? 'chunked' : 'raw');
-        for (const stream of group.streams) stream.end(last);
+        for (const stream of group.streams.keys()) stream.end(last);
       });
     },
     destroyAll() {
       eachGroup((group) => {
-        for (const stream of group.streams) stream.destroy();
+        for (const stream of group.streams.keys()) stream.destroy();
       });
     },
   };
