@@ -3,8 +3,9 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { type Collected, type FromClient, monotonicMs, type ToClient } from './protocol.js';
 
 // A load-generator process (forked by bench/clients.ts). It holds thousands of raw TCP streams
-// from one loopback source address, each a plain `GET /stream` or `GET /stream?channel=NAME`, and
-// parses only what the bench needs from each row:
+// from one loopback source address, each a plain `GET /stream` or `GET /stream?channel=NAME` (or
+// another path with extra headers: Nchan's `GET /sub` with `TE: chunked`), and parses only what
+// the bench needs from each row (Nchan's chunk-size lines between them are skipped like any text):
 // `data-id="ID" data-seq="SEQ" data-channel="CH">SENT_US</div>` (no data-channel for the channel
 // ''), where SENT_US is the insert time in µs on the monotonic clock (a fragment without
 // data-seq, rowcast v1's, is read with seq 0). Other attributes before `>` are skipped.
@@ -110,12 +111,17 @@ function connectAll(command: Extract<ToClient, { t: 'connect' }>): Promise<FromC
   const failures: Record<string, number> = {};
   const started = Date.now();
   const stopStartingAt = started + command.deadlineMs;
-  const head = `HTTP/1.1\r\nHost: ${command.host}:${command.port}\r\nUser-Agent: rowcast-bench\r\n\r\n`;
-  const plainRequest = Buffer.from(`GET /stream ${head}`);
+  const extra = Object.entries(command.headers ?? {})
+    .map(([name, value]) => `${name}: ${value}\r\n`)
+    .join('');
+  const head = `HTTP/1.1\r\nHost: ${command.host}:${command.port}\r\nUser-Agent: rowcast-bench\r\n${extra}\r\n`;
+  const plainRequest = Buffer.from(`GET ${command.path} ${head}`);
   // Channel names are of letters, digits and `_ . : @ / = -`: nothing to escape in a query.
   const requestOf = (index: number) => {
     const channel = command.channels?.[index] ?? '';
-    return channel === '' ? plainRequest : Buffer.from(`GET /stream?channel=${channel} ${head}`);
+    return channel === ''
+      ? plainRequest
+      : Buffer.from(`GET ${command.path}?channel=${channel} ${head}`);
   };
   let next = 0;
   let inFlight = 0;

@@ -40,6 +40,9 @@ export interface ConnectOptions {
    * the slice after those of clients 0 … i-1. No list: every stream is a plain `GET /stream`.
    */
   readonly channels?: readonly string[];
+  /** Every stream's request path (`/stream`, or Nchan's `/sub`) and extra headers. */
+  readonly path: string;
+  readonly headers?: Readonly<Record<string, string>>;
 }
 
 // A reply that does not come within this long means the client is stuck or dead.
@@ -88,6 +91,8 @@ export function startClients(count: number): ClientPool {
           concurrency: Math.max(1, Math.floor(options.concurrency / count)),
           timeoutMs: options.timeoutMs,
           deadlineMs: options.deadlineMs,
+          path: options.path,
+          ...(options.headers === undefined ? {} : { headers: options.headers }),
           ...(options.channels === undefined
             ? {}
             : {

@@ -83,6 +83,17 @@ export function isAlive(pid: number): boolean {
   return stat !== null && stat.state !== 'Z';
 }
 
+/**
+ * CPU seconds the whole machine has been busy (all cores: /proc/stat's first line without idle
+ * and iowait), to see what else ran beside a run.
+ */
+export function machineBusySeconds(): number {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? '';
+  const ticks = line.trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = ticks.reduce((sum, n) => sum + n, 0);
+  return (total - (ticks[3] ?? 0) - (ticks[4] ?? 0)) / CLOCK_TICKS;
+}
+
 /** Pages the kernel holds for TCP buffers, machine-wide (/proc/net/sockstat "TCP: … mem N"). */
 export function tcpMemPages(): number {
   const text = readFileSync('/proc/net/sockstat', 'utf8');

@@ -18,6 +18,10 @@ export type ToClient =
        * for a plain `GET /stream`, which reads every row.
        */
       readonly channels?: readonly string[];
+      /** The request path of every stream: `/stream` (rowcast) or `/sub` (Nchan). */
+      readonly path: string;
+      /** Header lines sent with every stream's request besides Host and User-Agent. */
+      readonly headers?: Readonly<Record<string, string>>;
     }
   | {
       /**

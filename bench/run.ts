@@ -5,9 +5,11 @@ import { parseArgs } from 'node:util';
 import type { ClientPool } from './clients.js';
 import { DB_SERVER, dropDatabase, openBenchDb } from './db.js';
 import { startDbProxy } from './dbproxy.js';
+import { ensureNchan } from './nchan.js';
+import type { PublishMode } from './publish.js';
 import { runScenario, type Scenario } from './scenario.js';
 import type { BenchServer } from './server.js';
-import { table } from './stats.js';
+import { round, table } from './stats.js';
 
 // `npm run bench`: see bench/README.md.
 
@@ -20,6 +22,14 @@ const STREAMS_PER_PROCESS = 19_000;
 const AUTO_STREAMS_PER_WORKER = 18_000;
 // Sockets per client process, under the same file-descriptor limit.
 const STREAMS_PER_CLIENT = 12_000;
+// Nchan's worker_processes when none is given: as rowcast's workers (at least 2, the cores).
+const NCHAN_MIN_WORKERS = 2;
+// With --vs nchan, each scenario runs four times in this order (ABBA): drift over the minutes
+// of a scenario weighs on both servers alike.
+const ABBA = ['nchan', 'rowcast', 'rowcast', 'nchan'] as const;
+// The watchdog's extra time per run for each stream above 45,000 (100k: +330 s).
+const WATCHDOG_MS_PER_EXTRA_STREAM = 6;
+const WATCHDOG_EXTRA_ABOVE = 45_000;
 
 // The channels scenario: many small channels (one stream each) beside one large one.
 const USER_CHANNELS = 10_000;
@@ -29,8 +39,31 @@ const CHANNEL_ROWS = 200;
 const CHANNEL_ROW_INTERVAL_MS = 25;
 const LOBBY_SHARE = 0.1;
 
+// What the comparison line gives of each run, per server in ABBA order: name → record path.
+const COMPARED: readonly (readonly [string, string])[] = [
+  ['streams_established', 'streams_established'],
+  ['establish_s', 'establish_s'],
+  ['workers', 'workers'],
+  ['p50', 'latency_ms.p50'],
+  ['p90', 'latency_ms.p90'],
+  ['p99', 'latency_ms.p99'],
+  ['max', 'latency_ms.max'],
+  ['lost', 'deliveries.lost'],
+  ['duplicated', 'deliveries.duplicated'],
+  ['out_of_order', 'deliveries.out_of_order'],
+  ['deliveries_per_s', 'deliveries.per_s'],
+  ['per_idle_stream_private_kb', 'memory.per_idle_stream_private_kb'],
+  ['per_idle_stream_rss_kb', 'memory.per_idle_stream_rss_kb'],
+  ['server_cpu_s_establish', 'server_cpu_s.establish'],
+  ['server_cpu_s_rows', 'server_cpu_s.rows'],
+  ['client_cpu_s_rows', 'client.cpu_s_rows'],
+  ['other_cpu_s_rows', 'machine_cpu_s.other_rows'],
+  ['client_loop_delay_p99_ms', 'client.loop_delay_p99_ms'],
+];
+
 const USAGE = `usage: npm run bench -- [--scenarios 1k,5k,15k,35k,45k,throughput] [--workers N]
-                          [--instances N] [--clients N] [--quick] [--timeout-s S]
+                          [--instances N] [--clients N] [--publish insert|post]
+                          [--vs nchan] [--nchan-workers N] [--quick] [--timeout-s S]
   --scenarios   comma-separated, from: Nk (N thousand streams, 20 rows 200 ms apart),
                 throughput (1,000 single-row INSERTs as fast as possible, 5,000 streams),
                 throughput-multi (the same 1,000 rows in 10 INSERTs of 100 rows),
@@ -42,8 +75,14 @@ const USAGE = `usage: npm run bench -- [--scenarios 1k,5k,15k,35k,45k,throughput
                 over them (default 1)
   --clients     client processes (default 4, more when one would hold over ${STREAMS_PER_CLIENT},
                 rounded up to a multiple of --instances)
+  --publish     how rowcast gets the rows: insert (INSERTs by the bench, default) or post
+                (POST /messages to instance 0, with a PUBLISH_TOKEN)
+  --vs nchan    each scenario also against a private nginx + Nchan, in the order Nchan,
+                rowcast, rowcast, Nchan (ABBA), then a comparison line and table
+  --nchan-workers  Nchan's worker_processes (default: max(2, ceil(streams / 18000)))
   --quick       a short smoke run: 1k only, shorter settle
-  --timeout-s   the watchdog: everything is killed after this (default 600, --quick 180)`;
+  --timeout-s   the watchdog: everything is killed after this (default 600, --quick 180;
+                ×4 with --vs nchan; +6 ms per stream above 45,000 per run)`;
 
 const { values } = parseArgs({
   options: {
@@ -51,6 +90,9 @@ const { values } = parseArgs({
     workers: { type: 'string' },
     instances: { type: 'string' },
     clients: { type: 'string' },
+    publish: { type: 'string', default: 'insert' },
+    vs: { type: 'string' },
+    'nchan-workers': { type: 'string' },
     quick: { type: 'boolean', default: false },
     'timeout-s': { type: 'string' },
     help: { type: 'boolean', default: false },
@@ -71,15 +113,53 @@ if (clientsFlag !== undefined && clientsFlag < instances) {
   process.stderr.write(`bench: --clients ${clientsFlag}: needs at least one per instance\n`);
   process.exit(1);
 }
-const timeoutS = positiveInt('--timeout-s', values['timeout-s']) ?? (values.quick ? 180 : 600);
+if (values.publish !== 'insert' && values.publish !== 'post') {
+  process.stderr.write(`bench: --publish ${values.publish}: expected insert or post\n`);
+  process.exit(1);
+}
+const publish: PublishMode = values.publish;
+if (values.vs !== undefined && values.vs !== 'nchan') {
+  process.stderr.write(`bench: --vs ${values.vs}: only nchan is known\n`);
+  process.exit(1);
+}
+const vsNchan = values.vs === 'nchan';
+const nchanWorkersFlag = positiveInt('--nchan-workers', values['nchan-workers']);
+// What only an INSERT (many rows in one statement) or rowcast (channels) can do.
+for (const scenario of scenarios) {
+  const refused =
+    scenario.rowsPerInsert > 1 && (publish === 'post' || vsNchan)
+      ? 'sends many rows in one INSERT: not with --publish post or --vs nchan'
+      : scenario.kind === 'channels' && vsNchan
+        ? 'needs channels: the Nchan bench has one channel'
+        : null;
+  if (refused !== null) {
+    process.stderr.write(`bench: ${scenario.name} ${refused}\n`);
+    process.exit(1);
+  }
+}
+const runsPerScenario = vsNchan ? ABBA.length : 1;
+const timeoutS =
+  positiveInt('--timeout-s', values['timeout-s']) ??
+  (values.quick ? 180 : 600) * runsPerScenario +
+    Math.ceil(
+      scenarios.reduce(
+        (sum, scenario) =>
+          sum +
+          runsPerScenario *
+            WATCHDOG_MS_PER_EXTRA_STREAM *
+            Math.max(0, scenario.streams - WATCHDOG_EXTRA_ABOVE),
+        0,
+      ) / 1000,
+    );
 const settleMs = values.quick ? 1_500 : 3_000;
+const progress = (line: string) => process.stderr.write(`bench: ${line}\n`);
+const nchanModule = vsNchan ? ensureNchan(progress) : undefined;
 
 mkdirSync(RESULTS_DIR, { recursive: true });
 const resultsPath = `${RESULTS_DIR}latest.jsonl`;
 writeFileSync(resultsPath, '');
 const serverLog = createWriteStream(`${RESULTS_DIR}server.log`);
 const dbName = `rowcast_bench_${process.pid}`;
-const progress = (line: string) => process.stderr.write(`bench: ${line}\n`);
 
 // What is running now, for the watchdog and the signal handlers.
 let liveServers: readonly BenchServer[] = [];
@@ -114,54 +194,85 @@ const proxies = await Promise.all(
 );
 const db = await openBenchDb(dbName);
 let nextAddress = 0;
+const emit = (record: Record<string, unknown>) => {
+  const line = JSON.stringify(record);
+  process.stdout.write(`${line}\n`);
+  writeFileSync(resultsPath, `${line}\n`, { flag: 'a' });
+};
+const comparisons: Record<string, unknown>[] = [];
 try {
   for (const scenario of scenarios) {
-    if (aborting) break;
-    // Each client process targets one instance: as many per instance, when the flag allows.
-    const clientProcesses =
-      clientsFlag ??
-      Math.ceil(Math.max(4, Math.ceil(scenario.streams / STREAMS_PER_CLIENT)) / instances) *
-        instances;
-    // A fresh source address per client and scenario: sockets of the last scenario may still sit
-    // in TIME_WAIT on the old ones.
-    const addresses = Array.from({ length: clientProcesses }, () => {
-      const address = `127.0.0.${2 + (nextAddress % 250)}`;
-      nextAddress++;
-      return address;
-    });
-    // Per instance, for the streams it holds.
-    const workers =
-      workersFlag ??
-      Math.max(1, Math.ceil(Math.ceil(scenario.streams / instances) / AUTO_STREAMS_PER_WORKER));
-    let record: Record<string, unknown>;
-    try {
-      record = await runScenario(scenario, {
-        db,
-        proxies,
-        workers,
-        clientProcesses,
-        addresses,
-        pollIntervalMs: 50,
-        maxStreams: STREAMS_PER_PROCESS,
-        settleMs,
-        log: serverLog,
-        track: (started) => {
-          liveServers = started.servers;
-          liveClients = started.clients;
-        },
-        progress,
-      });
-    } catch (err) {
+    const runs: Record<string, unknown>[] = [];
+    for (const [order, server] of (vsNchan ? ABBA : (['rowcast'] as const)).entries()) {
       if (aborting) break;
-      progress(`${scenario.name} failed: ${(err as Error).stack}`);
-      record = { scenario: scenario.name, instances, workers, error: (err as Error).message };
+      // Each client process targets one instance: as many per instance, when the flag allows.
+      const clientProcesses =
+        clientsFlag ??
+        Math.ceil(Math.max(4, Math.ceil(scenario.streams / STREAMS_PER_CLIENT)) / instances) *
+          instances;
+      // A fresh source address per client and run: sockets of the last run may still sit in
+      // TIME_WAIT on the old ones.
+      const addresses = Array.from({ length: clientProcesses }, () => {
+        const address = `127.0.0.${2 + (nextAddress % 250)}`;
+        nextAddress++;
+        return address;
+      });
+      // Per instance, for the streams it holds; Nchan's, for all of them.
+      const workers =
+        server === 'nchan'
+          ? (nchanWorkersFlag ??
+            Math.max(NCHAN_MIN_WORKERS, Math.ceil(scenario.streams / AUTO_STREAMS_PER_WORKER)))
+          : (workersFlag ??
+            Math.max(
+              1,
+              Math.ceil(Math.ceil(scenario.streams / instances) / AUTO_STREAMS_PER_WORKER),
+            ));
+      let record: Record<string, unknown>;
+      try {
+        record = await runScenario(scenario, {
+          server,
+          publish,
+          ...(nchanModule === undefined ? {} : { nchanModule }),
+          order,
+          db,
+          proxies,
+          workers,
+          clientProcesses,
+          addresses,
+          pollIntervalMs: 50,
+          maxStreams: STREAMS_PER_PROCESS,
+          settleMs,
+          log: serverLog,
+          track: (started) => {
+            liveServers = started.servers;
+            liveClients = started.clients;
+          },
+          progress,
+        });
+      } catch (err) {
+        if (aborting) break;
+        progress(`${scenario.name} (${server}) failed: ${(err as Error).stack}`);
+        record = {
+          scenario: scenario.name,
+          server,
+          publish: server === 'nchan' ? 'post' : publish,
+          order,
+          instances: server === 'nchan' ? 1 : instances,
+          workers,
+          error: (err as Error).message,
+        };
+      }
+      liveServers = [];
+      liveClients = undefined;
+      records.push(record);
+      runs.push(record);
+      emit(record);
     }
-    liveServers = [];
-    liveClients = undefined;
-    records.push(record);
-    const line = JSON.stringify(record);
-    process.stdout.write(`${line}\n`);
-    writeFileSync(resultsPath, `${line}\n`, { flag: 'a' });
+    if (vsNchan && runs.length > 0) {
+      const comparison = compare(scenario.name, runs);
+      comparisons.push(comparison);
+      emit(comparison);
+    }
   }
 } finally {
   await db.drop().catch((err: Error) => progress(`could not drop ${dbName}: ${err.message}`));
@@ -169,6 +280,7 @@ try {
   serverLog.end();
 }
 process.stdout.write(`\n${summaryTable(records)}\n`);
+if (vsNchan) process.stdout.write(`\n${comparisonTable(comparisons)}\n`);
 progress(`JSON lines in ${resultsPath}; server logs in ${RESULTS_DIR}server.log`);
 clearTimeout(watchdog);
 
@@ -241,27 +353,31 @@ function positiveInt(flag: string, raw: string | undefined): number | undefined 
   process.exit(1);
 }
 
+/** A record's value at a dotted path (`latency_ms.p99`), undefined when absent. */
+function field(record: Record<string, unknown>, path: string): unknown {
+  let value: unknown = record;
+  for (const key of path.split('.')) value = (value as Record<string, unknown> | undefined)?.[key];
+  return value;
+}
+
 function summaryTable(rows: readonly Record<string, unknown>[]): string {
-  const value = (record: Record<string, unknown>, path: string): unknown => {
-    let value: unknown = record;
-    for (const key of path.split('.'))
-      value = (value as Record<string, unknown> | undefined)?.[key];
-    return value;
-  };
   const get = (record: Record<string, unknown>, path: string): string => {
-    const found = value(record, path);
+    const found = field(record, path);
     return found === undefined || found === null ? '-' : String(found);
   };
   // Statements per idle tick (N streams) of each instance, `1` each when idle ticks are as cheap
   // as they should be (docs/delivery.md 7).
   const idleStatements = (record: Record<string, unknown>): string => {
-    const perInstance = value(record, 'db_per_tick.idle_n_streams.per_instance') as
+    const perInstance = field(record, 'db_per_tick.idle_n_streams.per_instance') as
       | { rowcast: { statements: number | null } }[]
       | undefined;
     return perInstance?.map((i) => i.rowcast.statements ?? '-').join('/') ?? '-';
   };
   const columns: [string, string | ((record: Record<string, unknown>) => string)][] = [
     ['scenario', 'scenario'],
+    ['server', 'server'],
+    ['#', 'order'],
+    ['publish', 'publish'],
     ['inst', 'instances'],
     ['workers', 'workers'],
     ['streams', 'streams_requested'],
@@ -287,6 +403,9 @@ function summaryTable(rows: readonly Record<string, unknown>[]): string {
       ? columns.map(([, path]) => (typeof path === 'string' ? get(record, path) : path(record)))
       : [
           get(record, 'scenario'),
+          get(record, 'server'),
+          get(record, 'order'),
+          get(record, 'publish'),
           get(record, 'instances'),
           get(record, 'workers'),
           `error: ${String(record.error)}`,
@@ -299,5 +418,96 @@ function summaryTable(rows: readonly Record<string, unknown>[]): string {
       body,
     )}\n(${cores} cores shared by servers, clients and MariaDB; latency = insert → receipt; ` +
     'srv CPU and KB/stream summed over instances; stmt/idle tick per instance)'
+  );
+}
+
+/**
+ * One scenario's four runs side by side: each figure per server as a list in run order, and
+ * rowcast ÷ Nchan of p50 and p99 over the pairs of runs next to each other in time (the 1st
+ * Nchan with the 1st rowcast, the 2nd rowcast with the 2nd Nchan), as [min, max].
+ */
+function compare(scenario: string, runs: readonly Record<string, unknown>[]) {
+  const ok = runs.filter((run) => run.error === undefined);
+  const of = (server: string) => ok.filter((run) => run.server === server);
+  const side = (server: string) => ({
+    orders: of(server).map((run) => run.order),
+    ...Object.fromEntries(
+      COMPARED.map(([name, path]) => [name, of(server).map((run) => field(run, path) ?? null)]),
+    ),
+  });
+  const nchan = of('nchan');
+  const rowcast = of('rowcast');
+  const pairs = [0, 1].flatMap((i) =>
+    nchan[i] !== undefined && rowcast[i] !== undefined ? [[nchan[i], rowcast[i]] as const] : [],
+  );
+  const ratio = (path: string) => {
+    const ratios = pairs.flatMap(([n, r]) => {
+      const [a, b] = [field(n, path), field(r, path)];
+      return typeof a === 'number' && typeof b === 'number' && a > 0 ? [b / a] : [];
+    });
+    return ratios.length === 0
+      ? null
+      : [round(Math.min(...ratios), 3), round(Math.max(...ratios), 3)];
+  };
+  return {
+    comparison: 'rowcast vs nchan',
+    scenario,
+    publish,
+    nchan: side('nchan'),
+    rowcast: side('rowcast'),
+    ratio_p50: ratio('latency_ms.p50'),
+    ratio_p99: ratio('latency_ms.p99'),
+    failed_runs: runs
+      .filter((run) => run.error !== undefined)
+      .map((run) => ({ server: run.server, order: run.order, error: run.error })),
+  };
+}
+
+/** Per scenario, a line per server: its runs' figures as a spread `min–max`. */
+function comparisonTable(lines: readonly Record<string, unknown>[]): string {
+  const spread = (values: unknown): string => {
+    const numbers = (values as unknown[]).filter((v): v is number => typeof v === 'number');
+    if (numbers.length === 0) return '-';
+    const [low, high] = [Math.min(...numbers), Math.max(...numbers)];
+    return low === high ? String(low) : `${low}–${high}`;
+  };
+  const header = [
+    'scenario',
+    'publish',
+    'server',
+    'runs',
+    'held',
+    'p50 ms',
+    'p99 ms',
+    'lost',
+    'KB/stream priv',
+    'srv CPU s rows',
+    'other CPU s',
+    'p99 rowcast÷nchan',
+  ];
+  const body = lines.flatMap((line) =>
+    (['nchan', 'rowcast'] as const).map((server) => {
+      const side = line[server] as Record<string, unknown>;
+      const ratio = line.ratio_p99 as number[] | null;
+      return [
+        String(line.scenario),
+        server === 'nchan' ? 'post /pub' : String(line.publish),
+        server,
+        String((side.orders as unknown[]).length),
+        spread(side.streams_established),
+        spread(side.p50),
+        spread(side.p99),
+        spread(side.lost),
+        spread(side.per_idle_stream_private_kb),
+        spread(side.server_cpu_s_rows),
+        spread(side.other_cpu_s_rows),
+        server === 'rowcast' && ratio !== null ? spread(ratio) : '',
+      ];
+    }),
+  );
+  return (
+    `${table(header, body)}\n(ABBA: Nchan, rowcast, rowcast, Nchan, each a fresh run; a–b is the ` +
+    'spread over the runs; the ratio is over the runs next to each other in time; other CPU = ' +
+    'the machine in the rows phase minus server and clients: MariaDB, the bench, anything else)'
   );
 }

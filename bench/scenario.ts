@@ -1,9 +1,18 @@
+import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type ClientPool, startClients } from './clients.js';
 import { type BenchDb, STATUS_COUNTERS, type Status } from './db.js';
 import { type DbProxy, type StatementCounts, zeroCounts } from './dbproxy.js';
-import { type ProcessSample, sampleTree, tcpMemPages } from './procfs.js';
+import { startNchan } from './nchan.js';
+import { machineBusySeconds, type ProcessSample, sampleTree, tcpMemPages } from './procfs.js';
 import { type Collected, monotonicMs } from './protocol.js';
+import {
+  insertPublisher,
+  nchanPublisher,
+  type Publisher,
+  type PublishMode,
+  postPublisher,
+} from './publish.js';
 import type { BenchServer, ServerOptions } from './server.js';
 import { startServer } from './server.js';
 import { type LatencySummary, round, summarize } from './stats.js';
@@ -32,10 +41,18 @@ type Plan = Pick<Scenario, 'rows' | 'rowIntervalMs' | 'rowsPerInsert'> & {
 };
 
 export interface ScenarioEnv {
+  /** rowcast, or nginx + Nchan (one server, no database) for `--vs nchan`. */
+  readonly server: 'rowcast' | 'nchan';
+  /** How rowcast gets its rows: INSERT (by the bench) or POST /messages. Nchan always POSTs. */
+  readonly publish: PublishMode;
+  /** Nchan's module (.so); only for `server: 'nchan'`. */
+  readonly nchanModule?: string;
+  /** This run's place in the scenario's ABBA order (0 without `--vs`). */
+  readonly order: number;
   readonly db: BenchDb;
   /** One counting proxy per rowcast instance: as many instances run as there are proxies. */
   readonly proxies: readonly DbProxy[];
-  /** WORKERS of each instance. */
+  /** WORKERS of each rowcast instance, or Nchan's worker_processes. */
   readonly workers: number;
   readonly clientProcesses: number;
   /** Source addresses, one per client process. */
@@ -60,28 +77,54 @@ const PAGE_KB = 4;
 export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
   const began = Date.now();
   const { db, proxies } = env;
-  const instances = proxies.length;
-  const say = (what: string) => env.progress(`[${scenario.name}] ${what}`);
-  await db.recreate();
+  const nchan = env.server === 'nchan';
+  const instances = nchan ? 1 : proxies.length;
+  // With --vs nchan: `[5k nchan #0]`, `[5k rowcast #1]`, …
+  const run = nchan || env.order > 0 ? ` ${env.server} #${env.order}` : '';
+  const say = (what: string) => env.progress(`[${scenario.name}${run}] ${what}`);
   const servers: BenchServer[] = [];
   let clients: ClientPool | undefined;
+  let publisher: Publisher | undefined;
   try {
-    // One after another: the first creates the table and the state table, the others find them.
-    for (const [index, proxy] of proxies.entries()) {
-      say(
-        instances === 1
-          ? `starting the server (WORKERS=${env.workers})`
-          : `starting instance ${index + 1}/${instances} (WORKERS=${env.workers})`,
+    if (nchan) {
+      if (env.nchanModule === undefined) throw new Error('no Nchan module (ensureNchan)');
+      say(`starting nginx + Nchan (worker_processes ${env.workers})`);
+      servers.push(
+        await startNchan({
+          modulePath: env.nchanModule,
+          workers: env.workers,
+          log: env.log,
+        }),
       );
-      const serverOptions: ServerOptions = {
-        databaseUrl: db.urlVia('127.0.0.1', proxy.port),
-        workers: env.workers,
-        pollIntervalMs: env.pollIntervalMs,
-        maxStreams: env.maxStreams,
-        log: env.log,
-      };
-      servers.push(await startServer(serverOptions));
       env.track({ servers });
+      publisher = nchanPublisher((servers[0] as BenchServer).port);
+    } else {
+      await db.recreate();
+      // POST /messages needs a token; any will do.
+      const publishToken = env.publish === 'post' ? randomBytes(24).toString('hex') : undefined;
+      // One after another: the first creates the table and the state table, the others find them.
+      for (const [index, proxy] of proxies.entries()) {
+        say(
+          instances === 1
+            ? `starting the server (WORKERS=${env.workers})`
+            : `starting instance ${index + 1}/${instances} (WORKERS=${env.workers})`,
+        );
+        const serverOptions: ServerOptions = {
+          databaseUrl: db.urlVia('127.0.0.1', proxy.port),
+          workers: env.workers,
+          pollIntervalMs: env.pollIntervalMs,
+          maxStreams: env.maxStreams,
+          log: env.log,
+          ...(publishToken === undefined ? {} : { publishToken }),
+        };
+        servers.push(await startServer(serverOptions));
+        env.track({ servers });
+      }
+      // With several instances, every row is posted to instance 0.
+      publisher =
+        publishToken === undefined
+          ? insertPublisher(db)
+          : postPublisher(db, (servers[0] as BenchServer).port, publishToken);
     }
     const cpuReady = sample(servers).map((s) => s.cpuS);
     const idleEmpty = await dbWindow(env, env.settleMs);
@@ -101,8 +144,11 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
       addresses: env.addresses,
       concurrency: CONNECT_CONCURRENCY,
       timeoutMs: CONNECT_TIMEOUT_MS,
-      // The cluster primary hands over ~500 connections/s at 45k on this machine: 45k needs ~90 s.
-      deadlineMs: 20_000 + 2 * scenario.streams,
+      // The cluster primary hands over ~500 connections/s at 45k on this machine: 45k needs ~90 s,
+      // 100k some 200 s.
+      deadlineMs: 20_000 + 3 * scenario.streams,
+      // Nchan answers 403 to a subscriber that does not say it takes chunked bodies.
+      ...(nchan ? { path: '/sub', headers: { TE: 'chunked' } } : { path: '/stream' }),
       ...(scenario.streamChannels === undefined ? {} : { channels: scenario.streamChannels }),
     });
     const establishS = (monotonicMs() - connectStarted) / 1000;
@@ -140,26 +186,29 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
             rowsPerInsert: warmupChannels.length,
             channels: warmupChannels,
           };
-    const warmup = await phase(env, clients, warmupPlan, 10_000 + warmupPlan.rows);
+    const warmup = await phase(env, clients, publisher, warmupPlan, 10_000 + warmupPlan.rows);
     say(
       `warm-up (${warmupPlan.rows} row${warmupPlan.rows === 1 ? '' : 's'}): ` +
         `${warmup.received}/${warmup.expected} deliveries; measuring`,
     );
 
     const cpuBefore = sample(servers).map((s) => s.cpuS);
+    const machineBefore = machineBusySeconds();
     const measured = await phase(
       env,
       clients,
+      publisher,
       { ...scenario, channels: scenario.rowChannels },
-      // Rows queue up when the server falls behind; allow ~200k deliveries/s beyond 15 s.
-      15_000 + (scenario.rows * established) / 200,
+      // Rows queue up when the server falls behind; allow ~100k deliveries/s beyond 15 s.
+      15_000 + (scenario.rows * established) / 100,
     );
     const memAfter = sample(servers);
+    const machineRowsS = machineBusySeconds() - machineBefore;
     say(
       `${measured.received}/${measured.expected} deliveries, p99 ${measured.latency.p99} ms, ` +
         `${Math.round(measured.perS)}/s`,
     );
-    const claims = await db.claimState();
+    const claims = nchan ? undefined : await db.claimState();
 
     await clients.close();
     clients = undefined;
@@ -181,11 +230,14 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
     return {
       scenario: scenario.name,
       kind: scenario.kind,
+      server: env.server,
+      publish: publisher.mode,
+      order: env.order,
       instances,
       workers: env.workers,
       server_processes: total(memFull, (s) => s.pids.length),
       client_processes: env.clientProcesses,
-      poll_interval_ms: env.pollIntervalMs,
+      poll_interval_ms: nchan ? null : env.pollIntervalMs,
       streams_requested: scenario.streams,
       streams_established: established,
       streams_per_instance: establishedBy,
@@ -241,8 +293,8 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
       row_interval_ms: scenario.rowIntervalMs,
       insert:
         (scenario.rowsPerInsert === 1
-          ? 'single-row INSERTs, one connection, each awaited'
-          : `${Math.ceil(scenario.rows / scenario.rowsPerInsert)} INSERTs of ${scenario.rowsPerInsert} rows, one connection`) +
+          ? publisher.describe(1)
+          : `${Math.ceil(scenario.rows / scenario.rowsPerInsert)} ${publisher.describe(scenario.rowsPerInsert)}`) +
         (scenario.rowChannels === undefined ? '' : ', each row to its channel'),
       insert_s: round(measured.insertS, 3),
       // Over every delivery to a stream that should get the row.
@@ -277,7 +329,7 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
         warmup_unexpected: warmup.unexpected,
       },
       // After the rows: each row claimed once (docs/delivery.md 1), by whichever instance.
-      table: claims,
+      ...(claims === undefined ? {} : { table: claims }),
       server_cpu_s: {
         start: round(sumOf(cpuReady)),
         establish: round(sumOf(cpuConnected) - sumOf(cpuReady)),
@@ -286,16 +338,28 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
         total: round(total(memAfter, (s) => s.cpuS)),
         per_instance: servers.map((_, i) => cpuOf(i)),
       },
+      // The whole machine's CPU in the rows phase, and what of it was neither the servers nor the
+      // clients: MariaDB, the bench itself, and anything else on the machine (a run beside it).
+      machine_cpu_s: {
+        rows: round(machineRowsS),
+        other_rows: round(
+          machineRowsS - (total(memAfter, (s) => s.cpuS) - sumOf(cpuBefore)) - measured.clientCpuS,
+        ),
+      },
       client: {
         cpu_s_rows: round(measured.clientCpuS),
         loop_delay_p99_ms: round(measured.loopDelayP99Ms),
         loop_delay_max_ms: round(measured.loopDelayMaxMs),
       },
-      db_per_tick: {
-        idle_0_streams: idleEmpty,
-        idle_n_streams: idleFull,
-        rows: measured.db,
-      },
+      ...(nchan
+        ? {}
+        : {
+            db_per_tick: {
+              idle_0_streams: idleEmpty,
+              idle_n_streams: idleFull,
+              rows: measured.db,
+            },
+          }),
       server_stop: {
         graceful: stopped.every((stop) => stop.graceful),
         exit_codes: stopped.map((stop) => stop.exitCode),
@@ -303,6 +367,7 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
       duration_s: round((Date.now() - began) / 1000, 1),
     };
   } finally {
+    publisher?.close();
     clients?.kill();
     for (const server of servers) server.kill();
   }
@@ -320,9 +385,15 @@ function sample(servers: readonly BenchServer[]): ProcessSample[] {
  * Inserts the rows, `rowIntervalMs` apart, each carrying its insert time, and waits until every
  * open stream has them all or `waitMs` has passed after the last insert.
  */
-async function phase(env: ScenarioEnv, clients: ClientPool, plan: Plan, waitMs: number) {
+async function phase(
+  env: ScenarioEnv,
+  clients: ClientPool,
+  publisher: Publisher,
+  plan: Plan,
+  waitMs: number,
+) {
   const { rows, rowIntervalMs, rowsPerInsert, channels } = plan;
-  const base = await env.db.nextId();
+  const base = await publisher.nextId();
   await clients.expect(base, rows, channels);
   const before = await countersNow(env);
   const started = monotonicMs();
@@ -333,7 +404,7 @@ async function phase(env: ScenarioEnv, clients: ClientPool, plan: Plan, waitMs: 
     }
     const sentUs = String(Math.round(monotonicMs() * 1000));
     const count = Math.min(rowsPerInsert, rows - i);
-    const id = await env.db.insert(Array(count).fill(sentUs), channels?.slice(i, i + count));
+    const id = await publisher.publish(Array(count).fill(sentUs), channels?.slice(i, i + count));
     if (id !== base + i) throw new Error(`row got id ${id}, expected ${base + i} (id gap)`);
   }
   const insertS = (monotonicMs() - started) / 1000;
@@ -347,7 +418,7 @@ async function phase(env: ScenarioEnv, clients: ClientPool, plan: Plan, waitMs: 
     await sleep(50);
   }
   // Let the last tails' ticks end on every instance, so the window holds whole ticks.
-  await sleep(env.pollIntervalMs * 2);
+  if (env.server === 'rowcast') await sleep(env.pollIntervalMs * 2);
   const after = await countersNow(env);
   const results = await clients.collect();
   const sum = (pick: (r: (typeof results)[number]) => number) =>
@@ -435,7 +506,9 @@ interface Counters {
   readonly statements: readonly StatementCounts[];
 }
 
-async function countersNow(env: ScenarioEnv): Promise<Counters> {
+/** The database's counters now; null for Nchan, which has no database. */
+async function countersNow(env: ScenarioEnv): Promise<Counters | null> {
+  if (env.server === 'nchan') return null;
   const status = await env.db.globalStatus();
   return { at: monotonicMs(), status, statements: env.proxies.map((proxy) => proxy.counts()) };
 }
@@ -489,7 +562,8 @@ function sumCounts(all: readonly StatementCounts[]): StatementCounts {
  * and per instance; the global counters (every client of the database server, ours included)
  * per tick of all instances together.
  */
-function perTick(before: Counters, after: Counters) {
+function perTick(before: Counters | null, after: Counters | null) {
+  if (before === null || after === null) return null;
   const all = statementsPerTick(sumCounts(before.statements), sumCounts(after.statements));
   const per = (delta: number) => (all.ticks === 0 ? null : round(delta / all.ticks, 3));
   return {

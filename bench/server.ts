@@ -22,6 +22,8 @@ export interface ServerOptions {
    * whole lines only: several servers may share it (each line carries its `pid`).
    */
   readonly log: NodeJS.WritableStream;
+  /** PUBLISH_TOKEN, which turns POST /messages on (`--publish post`); absent: off. */
+  readonly publishToken?: string;
 }
 
 export interface BenchServer {
@@ -53,39 +55,19 @@ export async function startServer(options: ServerOptions): Promise<BenchServer> 
       MAX_STREAMS: String(options.maxStreams),
       HEARTBEAT_MS: '15000',
       WORKERS: String(options.workers),
+      ...(options.publishToken === undefined ? {} : { PUBLISH_TOKEN: options.publishToken }),
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  for (const output of [child.stdout, child.stderr]) {
-    if (output === null) continue;
-    createInterface({ input: output, crlfDelay: Number.POSITIVE_INFINITY }).on('line', (line) =>
-      options.log.write(`${line}\n`),
-    );
-  }
+  pipeLines(child, options.log);
   const pid = child.pid ?? 0;
-  const knownPids = new Set<number>([pid]);
   let exitCode: number | null = null;
   let exited = false;
   const exit = once(child, 'exit').then(([code]) => {
     exited = true;
     exitCode = code as number | null;
   });
-
-  const refreshTree = () => {
-    const tree = processTree(pid);
-    for (const member of tree) knownPids.add(member);
-    return tree;
-  };
-  const kill = () => {
-    refreshTree();
-    for (const member of knownPids) {
-      if (isAlive(member)) {
-        try {
-          process.kill(member, 'SIGKILL');
-        } catch {}
-      }
-    }
-  };
+  const { knownPids, refreshTree, kill } = trackTree(pid);
 
   const server: BenchServer = {
     pid,
@@ -95,12 +77,7 @@ export async function startServer(options: ServerOptions): Promise<BenchServer> 
     async stop() {
       if (exited) return { graceful: exitCode === 0, exitCode };
       refreshTree();
-      child.kill('SIGTERM');
-      const timer = sleep(STOP_TIMEOUT_MS, 'timeout' as const, { ref: false });
-      const graceful =
-        (await Promise.race([exit.then(() => 'exited' as const), timer])) === 'exited';
-      kill(); // workers that outlived their primary, or everything after the timeout
-      await exit;
+      const graceful = await signalThenKill(child, exit, 'SIGTERM', STOP_TIMEOUT_MS, kill);
       return { graceful: graceful && exitCode === 0, exitCode };
     },
     kill,
@@ -122,18 +99,39 @@ async function waitHealthy(port: number, hasExited: () => boolean): Promise<void
   while (Date.now() < deadline) {
     if (hasExited())
       throw new Error('the server exited during start (see bench/results/server.log)');
-    if ((await healthStatus(port)) === 200) return;
+    if ((await httpStatus(port, '/healthz')) === 200) return;
     await sleep(100);
   }
   throw new Error(`the server was not healthy within ${READY_TIMEOUT_MS} ms`);
 }
 
-function healthStatus(port: number): Promise<number> {
+/**
+ * Sends `signal` to the child, waits up to `timeoutMs` for it to exit, then SIGKILLs whatever is
+ * left of its tree (`kill`: workers that outlived it, or everything after the timeout). Whether
+ * it exited in time.
+ */
+export async function signalThenKill(
+  child: ChildProcess,
+  exit: Promise<unknown>,
+  signal: NodeJS.Signals,
+  timeoutMs: number,
+  kill: () => void,
+): Promise<boolean> {
+  child.kill(signal);
+  const timer = sleep(timeoutMs, 'timeout' as const, { ref: false });
+  const inTime = (await Promise.race([exit.then(() => 'exited' as const), timer])) === 'exited';
+  kill();
+  await exit;
+  return inTime;
+}
+
+/** The status of a GET on 127.0.0.1:port, or 0 when nothing answers within 2 s. */
+export function httpStatus(port: number, path: string): Promise<number> {
   return new Promise((resolve) => {
     const req = http.get({
       host: '127.0.0.1',
       port,
-      path: '/healthz',
+      path,
       agent: false,
       timeout: 2_000,
     });
@@ -146,7 +144,42 @@ function healthStatus(port: number): Promise<number> {
   });
 }
 
-async function freePort(): Promise<number> {
+/** Writes the child's stdout and stderr to `log`, whole lines only (others may share it). */
+export function pipeLines(child: ChildProcess, log: NodeJS.WritableStream, prefix = ''): void {
+  for (const output of [child.stdout, child.stderr]) {
+    if (output === null) continue;
+    createInterface({ input: output, crlfDelay: Number.POSITIVE_INFINITY }).on('line', (line) =>
+      log.write(`${prefix}${line}\n`),
+    );
+  }
+}
+
+/**
+ * Remembers every process seen in the tree of `pid` (its children, found through /proc), so
+ * that `kill` reaches them even after their parent is gone.
+ */
+export function trackTree(pid: number) {
+  const knownPids = new Set<number>([pid]);
+  const refreshTree = () => {
+    const tree = processTree(pid);
+    for (const member of tree) knownPids.add(member);
+    return tree;
+  };
+  /** SIGKILL to every process of the tree, and to those seen in it before. */
+  const kill = () => {
+    refreshTree();
+    for (const member of knownPids) {
+      if (isAlive(member)) {
+        try {
+          process.kill(member, 'SIGKILL');
+        } catch {}
+      }
+    }
+  };
+  return { knownPids: knownPids as ReadonlySet<number>, refreshTree, kill };
+}
+
+export async function freePort(): Promise<number> {
   const probe = net.createServer();
   probe.listen(0, '127.0.0.1');
   await once(probe, 'listening');
