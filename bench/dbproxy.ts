@@ -15,9 +15,10 @@ export interface StatementCounts {
    */
   claimUpdates: number;
   /**
-   * Every statement of the claim transactions: SET TRANSACTION, START TRANSACTION, the counter
-   * lock (`SELECT next_seq … FOR UPDATE`), the pick, `UPDATE msg SET flag = 1, seq = …`,
-   * `UPDATE rowcast_state`, COMMIT / ROLLBACK.
+   * Every round trip of the claim transactions, counted as one statement each (a round trip may
+   * carry several): SET TRANSACTION; START TRANSACTION; the counter lock (`SELECT next_seq …
+   * FOR UPDATE`); the pick, then `UPDATE msg SET flag = 1, seq = …`; `UPDATE rowcast_state`, then
+   * COMMIT / ROLLBACK.
    */
   claimStatements: number;
   /** Tails: `SELECT b.id, b.seq, …` in ascending seq order. */
@@ -95,13 +96,16 @@ export function zeroCounts(): StatementCounts {
 export async function startDbProxy(target: { host: string; port: number }): Promise<DbProxy> {
   const counts = zeroCounts();
   const sockets = new Set<net.Socket>();
-  const server = net.createServer((client) => {
-    const upstream = net.connect(target);
+  // No Nagle on either side: a response of several packets (a multi-statement round trip) would
+  // otherwise wait for the client's delayed ACK (40 ms) between two forwarded writes.
+  const server = net.createServer({ noDelay: true }, (client) => {
+    const upstream = net.connect({ ...target, noDelay: true });
     sockets.add(client).add(upstream);
     const parse = createPacketReader((sql) => {
       counts.total++;
       counts[classify(sql)]++;
-      if (/^\s*START TRANSACTION\b/i.test(sql)) counts.claims++;
+      // A claim opens with SET TRANSACTION …; START TRANSACTION; … in one round trip.
+      if (/^\s*(SET TRANSACTION[^;]*;\s*)?START TRANSACTION\b/i.test(sql)) counts.claims++;
       else if (/^\s*UPDATE \S+ SET flag = 1\b/i.test(sql)) counts.claimUpdates++;
     });
     client.on('data', (chunk: Buffer) => {

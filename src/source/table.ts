@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import mysql, { type PoolConnection, type ResultSetHeader } from 'mysql2/promise';
+import mysql, { type Pool, type PoolConnection, type ResultSetHeader } from 'mysql2/promise';
 import type { Config } from '../config.js';
 import type { Subscription } from '../core/subscription.js';
 import type { Claim, Head, Replay, Row, Rows, Source } from '../core/types.js';
@@ -42,7 +42,7 @@ export function createTableSource(
   onError: () => void = () => {},
 ): Source {
   const log = logger.child({ mod: 'source' });
-  const pool = mysql.createPool({
+  const connection = {
     host: config.db.host,
     port: config.db.port,
     user: config.db.user,
@@ -50,12 +50,20 @@ export function createTableSource(
     database: config.db.database,
     charset: 'utf8mb4',
     connectTimeout: CONNECT_TIMEOUT_MS,
-    // The tick's statements, a claim, replays and publishes may overlap.
-    connectionLimit: 3,
-    maxIdle: 3,
     enableKeepAlive: true,
     supportBigNumbers: true,
     bigNumberStrings: true,
+  };
+  // The tick's statements, replays and publishes may overlap.
+  const pool = mysql.createPool({ ...connection, connectionLimit: 3, maxIdle: 3 });
+  // Claims only (one at a time: the tick's), on a connection that takes several statements in
+  // one round trip: a claim is 3 round trips instead of 7. Everything sent on it is built from
+  // the table name and numbers, never from a request.
+  const claims = mysql.createPool({
+    ...connection,
+    connectionLimit: 1,
+    maxIdle: 1,
+    multipleStatements: true,
   });
   const table = config.msgTable;
   let shape: TableSql = {
@@ -66,8 +74,11 @@ export function createTableSource(
   };
 
   /** Runs `work` on a pooled connection; one that failed is never reused (it may be half-dead). */
-  async function withConnection<T>(work: (conn: PoolConnection) => Promise<T>): Promise<T> {
-    const conn = await pool.getConnection().catch(failed);
+  async function withConnection<T>(
+    work: (conn: PoolConnection) => Promise<T>,
+    from: Pool = pool,
+  ): Promise<T> {
+    const conn = await from.getConnection().catch(failed);
     try {
       const result = await work(conn);
       conn.release();
@@ -148,27 +159,39 @@ export function createTableSource(
   }
 
   /**
-   * One short transaction at READ COMMITTED. Nothing is read before the counter-row lock (a
+   * One short transaction at READ COMMITTED, in three round trips: the counter-row lock and the
+   * pick; the claim and the counter's advance; the commit. Nothing is read before the lock (a
    * snapshot taken earlier would be stale), and the pick is a plain read (a locking one would take
    * gap locks that hold up INSERTs). The UPDATE touches only the picked ids still at flag = 0; if
    * any was claimed meanwhile (by something that bypassed the counter), the claim is undone.
    */
   function claim(limit: number): Promise<Claim> {
     return withConnection(async (conn) => {
-      await query(conn, 'SET TRANSACTION ISOLATION LEVEL READ COMMITTED');
-      await query(conn, 'START TRANSACTION');
       // On a failure the connection is destroyed (withConnection): the server rolls back.
-      const [counter] = await query<{ next_seq: unknown }[]>(conn, lockCounterSql(table));
+      const [, , locked, picked] = await query<
+        [unknown, unknown, { next_seq: unknown }[], { id: unknown; upto: unknown }[]]
+      >(
+        conn,
+        [
+          'SET TRANSACTION ISOLATION LEVEL READ COMMITTED',
+          'START TRANSACTION',
+          lockCounterSql(table),
+          pickSql(shape, limit),
+        ].join(';\n'),
+      );
+      const counter = locked[0];
       if (counter === undefined) throw new Error(`no counter row for ${table} in rowcast_state`);
       const nextSeq = Number(counter.next_seq);
-      const picked = await query<{ id: unknown; upto: unknown }[]>(conn, pickSql(shape, limit));
       const ids = picked.slice(0, limit).map((row) => String(row.id));
       if (ids.length === 0) {
         await query(conn, 'COMMIT');
         return { rows: 0, lastSeq: nextSeq - 1, more: false };
       }
       const seqs = seqRange(nextSeq, ids.length);
-      const result = await query<ResultSetHeader>(conn, claimSql(table, ids, seqs.first));
+      const [result] = await query<[ResultSetHeader, ResultSetHeader]>(
+        conn,
+        `${claimSql(table, ids, seqs.first)};\n${advanceCounterSql(table, seqs.next)}`,
+      );
       if (result.affectedRows !== ids.length) {
         await query(conn, 'ROLLBACK');
         log.warn(
@@ -177,7 +200,6 @@ export function createTableSource(
         );
         return { rows: 0, lastSeq: nextSeq - 1, more: false };
       }
-      await query(conn, advanceCounterSql(table, seqs.next));
       await query(conn, 'COMMIT');
       const bytes = Number(picked[ids.length - 1]?.upto);
       return {
@@ -185,7 +207,7 @@ export function createTableSource(
         lastSeq: seqs.next - 1,
         more: picked.length > limit || bytes >= BATCH_MAX_BYTES,
       };
-    });
+    }, claims);
   }
 
   return {
@@ -294,7 +316,10 @@ export function createTableSource(
 
     async close() {
       // A connection to a host that stopped answering would hold pool.end() forever.
-      await Promise.race([pool.end(), sleep(CONNECT_TIMEOUT_MS, undefined, { ref: false })]);
+      await Promise.race([
+        Promise.all([pool.end(), claims.end()]),
+        sleep(CONNECT_TIMEOUT_MS, undefined, { ref: false }),
+      ]);
     },
   };
 }

@@ -40,12 +40,13 @@ export async function startDbProxy(
   const queries: string[] = [];
   let down = false;
 
-  const server = net.createServer((client) => {
+  // No Nagle: a response of several writes would wait for the client's delayed ACK (40 ms).
+  const server = net.createServer({ noDelay: true }, (client) => {
     if (down) {
       client.resetAndDestroy();
       return;
     }
-    const upstream = net.connect(target);
+    const upstream = net.connect({ ...target, noDelay: true });
     sockets.add(client);
     sockets.add(upstream);
     let pending: Buffer = Buffer.alloc(0);
