@@ -18,7 +18,8 @@ const FULL_SUITE = ['1k', '5k', '15k', '35k', '45k', 'throughput'];
 const QUICK_SUITE = ['1k'];
 // Streams one server process is allowed (MAX_STREAMS): the file-descriptor limit is 20,000.
 const STREAMS_PER_PROCESS = 19_000;
-// WORKERS chosen when none is given: the fewest processes that stay well under that limit.
+// WORKERS chosen when none is given: rowcast's default (a worker per core), more where each
+// would hold more streams than this.
 const AUTO_STREAMS_PER_WORKER = 18_000;
 // Sockets per client process, under the same file-descriptor limit.
 const STREAMS_PER_CLIENT = 12_000;
@@ -224,7 +225,9 @@ try {
             Math.max(NCHAN_MIN_WORKERS, Math.ceil(scenario.streams / AUTO_STREAMS_PER_WORKER)))
           : (workersFlag ??
             Math.max(
-              1,
+              // One instance runs as rowcast does by default (a worker per core); several, one
+              // process each unless their share needs more.
+              instances === 1 ? availableParallelism() : 1,
               Math.ceil(Math.ceil(scenario.streams / instances) / AUTO_STREAMS_PER_WORKER),
             ));
       let record: Record<string, unknown>;
