@@ -15,10 +15,10 @@ export interface StatementCounts {
    */
   claimUpdates: number;
   /**
-   * Every round trip of the claim transactions, counted as one statement each (a round trip may
-   * carry several): SET TRANSACTION; START TRANSACTION; the counter lock (`SELECT next_seq …
-   * FOR UPDATE`); the pick, then `UPDATE msg SET flag = 1, seq = …`; `UPDATE rowcast_state`, then
-   * COMMIT / ROLLBACK.
+   * Every round trip of the claim transactions but the last, counted as one statement each (a
+   * round trip may carry several): SET TRANSACTION; START TRANSACTION; the counter lock
+   * (`SELECT next_seq … FOR UPDATE`); the pick, then `UPDATE msg SET flag = 1, seq = …`;
+   * `UPDATE rowcast_state`. The COMMIT goes with the tail (counted there); a ROLLBACK alone.
    */
   claimStatements: number;
   /** Tails: `SELECT b.id, b.seq, …` in ascending seq order. */
@@ -55,6 +55,8 @@ const SQL_PREFIX_BYTES = 512;
 export function classify(sql: string): StatementKind {
   const text = sql.trimStart();
   if (/^SELECT \(SELECT next_seq FROM /i.test(text)) return 'head';
+  // A claim's COMMIT rides on the round trip of the tail that follows it.
+  if (/^COMMIT;\s*SELECT b\.id, b\.seq\b/i.test(text)) return 'tail';
   if (/^(SET TRANSACTION|START TRANSACTION|BEGIN|COMMIT|ROLLBACK)\b/i.test(text)) {
     return 'claimStatements';
   }

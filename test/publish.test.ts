@@ -209,3 +209,37 @@ test('with WORKERS=2 a publish through any worker reaches the streams of all of 
     await cluster.close();
   }
 });
+
+test('a publish wakes a tick that claims at once: INSERT, then the claim and its tail, no pending check between', {
+  timeout: 60_000,
+}, async () => {
+  await withDbProxy(async (proxy) => {
+    await withApp(
+      proxy.url(db.name),
+      { PUBLISH_TOKEN: TOKEN, POLL_INTERVAL_MS: '60000' },
+      async (woken) => {
+        await woken.app.tailer.pollOnce(); // after the tick start() ran: the cursor is known
+        const stream = await openStream(new URL('/stream.ndjson', woken.url));
+        try {
+          const from = proxy.queries.length;
+          const answer = await post(
+            JSON.stringify({ content: 'woken' }),
+            { ...AUTH, ...JSON_TYPE },
+            woken.url,
+          );
+          assert.equal(answer.status, 201);
+          const { id } = JSON.parse(answer.text) as { id: number };
+          await stream.waitForIds([String(id)]);
+          const sent = proxy.queries.slice(from).map((sql) => sql.slice(0, 40));
+          assert.equal(sent.length, 4, sent.join('\n'));
+          assert.match(sent[0] as string, /^INSERT INTO/);
+          assert.match(sent[1] as string, /^SET TRANSACTION ISOLATION LEVEL/);
+          assert.match(sent[2] as string, /^UPDATE `msg` SET flag = 1/);
+          assert.match(sent[3] as string, /^COMMIT;\nSELECT b\.id/);
+        } finally {
+          stream.close();
+        }
+      },
+    );
+  });
+});

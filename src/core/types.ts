@@ -63,6 +63,8 @@ export interface Claim {
   readonly lastSeq: number;
   /** A bound (BATCH_SIZE, bytes) left pending rows for the next claim. */
   readonly more: boolean;
+  /** The tail after the commit (as `tail(tailAfter, limit)`), or null when none was read. */
+  readonly tail: Rows | null;
 }
 
 /** Claimed rows read in seq order. */
@@ -78,8 +80,11 @@ export interface Source {
   prepare(): Promise<void>;
   /** The pending check: one statement. */
   head(): Promise<Head>;
-  /** Claims up to `limit` pending rows in one transaction under the counter-row lock. */
-  claim(limit: number): Promise<Claim>;
+  /**
+   * Claims up to `limit` pending rows in one transaction under the counter-row lock, then reads
+   * the tail after seq `tailAfter` (up to `limit` rows) in the commit's round trip.
+   */
+  claim(limit: number, tailAfter: number): Promise<Claim>;
   /** The first `limit` claimed rows with a seq above `after`. */
   tail(after: number, limit: number): Promise<Rows>;
   /**

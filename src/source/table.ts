@@ -160,12 +160,21 @@ export function createTableSource(
 
   /**
    * One short transaction at READ COMMITTED, in three round trips: the counter-row lock and the
-   * pick; the claim and the counter's advance; the commit. Nothing is read before the lock (a
+   * pick; the claim and the counter's advance; the commit with the tail after `tailAfter` (which
+   * then sees this claim's rows and every earlier one). Nothing is read before the lock (a
    * snapshot taken earlier would be stale), and the pick is a plain read (a locking one would take
    * gap locks that hold up INSERTs). The UPDATE touches only the picked ids still at flag = 0; if
    * any was claimed meanwhile (by something that bypassed the counter), the claim is undone.
    */
-  function claim(limit: number): Promise<Claim> {
+  function claim(limit: number, tailAfter: number): Promise<Claim> {
+    const range: RowRange = { after: tailAfter, upto: null, limit, newest: false };
+    const commitAndTail = async (conn: PoolConnection): Promise<Rows> => {
+      const [, found] = await query<[unknown, FoundRow[]]>(
+        conn,
+        `COMMIT;\n${rowsSql(shape, range)}`,
+      );
+      return rowsOf(found, range, true);
+    };
     return withConnection(async (conn) => {
       // On a failure the connection is destroyed (withConnection): the server rolls back.
       const [, , locked, picked] = await query<
@@ -184,8 +193,8 @@ export function createTableSource(
       const nextSeq = Number(counter.next_seq);
       const ids = picked.slice(0, limit).map((row) => String(row.id));
       if (ids.length === 0) {
-        await query(conn, 'COMMIT');
-        return { rows: 0, lastSeq: nextSeq - 1, more: false };
+        // Taken by another instance: its rows are in the tail.
+        return { rows: 0, lastSeq: nextSeq - 1, more: false, tail: await commitAndTail(conn) };
       }
       const seqs = seqRange(nextSeq, ids.length);
       const [result] = await query<[ResultSetHeader, ResultSetHeader]>(
@@ -198,14 +207,15 @@ export function createTableSource(
           { event: 'claim.conflict', picked: ids.length, changed: result.affectedRows },
           'rows changed under the claim (flag set outside rowcast?); rolled back, retrying next tick',
         );
-        return { rows: 0, lastSeq: nextSeq - 1, more: false };
+        return { rows: 0, lastSeq: nextSeq - 1, more: false, tail: null };
       }
-      await query(conn, 'COMMIT');
+      const tail = await commitAndTail(conn);
       const bytes = Number(picked[ids.length - 1]?.upto);
       return {
         rows: ids.length,
         lastSeq: seqs.next - 1,
         more: picked.length > limit || bytes >= BATCH_MAX_BYTES,
+        tail,
       };
     }, claims);
   }

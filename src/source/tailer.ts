@@ -1,4 +1,4 @@
-import type { Row, Source } from '../core/types.js';
+import type { Row, Rows, Source } from '../core/types.js';
 import type { Logger } from '../log.js';
 
 export type TailerState = 'starting' | 'ok' | 'failing' | 'stopped';
@@ -28,7 +28,10 @@ export interface Tailer {
   start(): void;
   /** Runs one tick now (after any running one). Rejects when the tick fails. For tests and tools. */
   pollOnce(): Promise<void>;
-  /** Makes the loop tick now instead of at the end of the interval (say, after a publish). */
+  /**
+   * A row was just committed (a publish): the loop ticks now instead of at the end of the
+   * interval, and that tick claims without a pending check first.
+   */
   wake(): void;
   /** Stops the loop; resolves once the running tick has handed its batch over. */
   stop(): Promise<void>;
@@ -69,8 +72,9 @@ export const MAX_BACKOFF_MS = 5_000;
 
 /**
  * The tick loop of every instance (delivery contract 1, 2, 5 and 7): one pending check; a claim
- * only when rows are pending; a tail only when the counter is past the cursor. An idle tick is one
- * statement. Whoever ticks first claims; every instance tails, so all see every row in one order.
+ * only when rows are pending (with the tail in its commit's round trip); a tail only when the
+ * counter is past the cursor. An idle tick is one statement. Whoever ticks first claims; every
+ * instance tails, so all see every row in one order.
  */
 export function createTailer(options: TailerOptions): Tailer {
   const { source, deliver, intervalMs, batchSize } = options;
@@ -88,6 +92,8 @@ export function createTailer(options: TailerOptions): Tailer {
   let timer: NodeJS.Timeout | null = null;
   let running = false;
   let woken = false;
+  // A publish committed a row since the last tick began: the next one claims at once.
+  let published = false;
   let tickStartedAt = 0;
   // Ticks run one after another, never overlapping, whoever asks for them.
   let queue: Promise<unknown> = Promise.resolve();
@@ -96,20 +102,34 @@ export function createTailer(options: TailerOptions): Tailer {
     markStarted = resolve;
   });
 
-  /** Returns true when a bound stopped the claim or the tail: more rows are waiting. */
-  async function tick(): Promise<boolean> {
+  /**
+   * Returns true when a bound stopped the claim or the tail: more rows are waiting. `claimNow`:
+   * a row is known to be pending (a publish), so the pending check is skipped once the cursor is
+   * known (the claim reads the counter itself).
+   */
+  async function tick(claimNow: boolean): Promise<boolean> {
     const started = Date.now();
-    const head = await source.head();
-    // A stream is live-only unless it resumes: the first cursor is the table's last seq.
-    if (cursor === null) {
-      cursor = head.lastSeq;
-      markStarted();
+    let lastSeq: number;
+    let pendingSeen: boolean;
+    if (claimNow && cursor !== null) {
+      lastSeq = cursor;
+      pendingSeen = true;
+    } else {
+      const head = await source.head();
+      // A stream is live-only unless it resumes: the first cursor is the table's last seq.
+      if (cursor === null) {
+        cursor = head.lastSeq;
+        markStarted();
+      }
+      noteUnclaimed(head.pendingId, head.pendingAgeMs);
+      lastSeq = head.lastSeq;
+      pendingSeen = head.pendingId !== null;
     }
-    noteUnclaimed(head.pendingId, head.pendingAgeMs);
-    let lastSeq = head.lastSeq;
     let again = false;
-    if (head.pendingId !== null) {
-      const claim = await source.claim(batchSize);
+    let tailed: Rows | null = null;
+    if (pendingSeen) {
+      const claim = await source.claim(batchSize, cursor);
+      tailed = claim.tail;
       if (claim.rows > 0) {
         metrics.claimed(claim.rows);
         log.debug({ event: 'claim', rows: claim.rows, lastSeq: claim.lastSeq }, 'rows claimed');
@@ -121,7 +141,7 @@ export function createTailer(options: TailerOptions): Tailer {
     }
     headSeq = Math.max(headSeq, lastSeq);
     if (lastSeq <= cursor) return again;
-    const { rows, more } = await source.tail(cursor, batchSize);
+    const { rows, more } = tailed ?? (await source.tail(cursor, batchSize));
     const last = rows[rows.length - 1]?.seq ?? cursor;
     // Every seq up to the counter read above is visible: without `more` the cursor passes rows
     // that were deleted since their claim, too.
@@ -154,24 +174,26 @@ export function createTailer(options: TailerOptions): Tailer {
     unclaimedOldestSeconds = Math.max(0, age) / 1000;
   }
 
-  function runTick(): Promise<boolean> {
-    const result = queue.then(timedTick).then(
-      (full) => {
-        succeeded();
-        return full;
-      },
-      (err: unknown) => {
-        failed(err);
-        throw err;
-      },
-    );
+  function runTick(claimNow = false): Promise<boolean> {
+    const result = queue
+      .then(() => timedTick(claimNow))
+      .then(
+        (full) => {
+          succeeded();
+          return full;
+        },
+        (err: unknown) => {
+          failed(err);
+          throw err;
+        },
+      );
     queue = result.catch(() => undefined);
     return result;
   }
 
-  function timedTick(): Promise<boolean> {
+  function timedTick(claimNow: boolean): Promise<boolean> {
     tickStartedAt = performance.now();
-    return tick();
+    return tick(claimNow);
   }
   const tickSeconds = () => (performance.now() - tickStartedAt) / 1000;
 
@@ -206,11 +228,13 @@ export function createTailer(options: TailerOptions): Tailer {
   async function loop(): Promise<void> {
     timer = null;
     woken = false;
+    const claimNow = published;
+    published = false;
     const started = Date.now();
     let delay = 0;
     try {
       // Ticks start POLL_INTERVAL_MS apart, not that long after the previous one ended.
-      if (!(await runTick())) delay = Math.max(0, intervalMs - (Date.now() - started));
+      if (!(await runTick(claimNow))) delay = Math.max(0, intervalMs - (Date.now() - started));
     } catch {
       delay = Math.min(intervalMs * 2 ** failures, Math.max(intervalMs, MAX_BACKOFF_MS));
     }
@@ -229,6 +253,7 @@ export function createTailer(options: TailerOptions): Tailer {
     },
     wake() {
       if (!running) return;
+      published = true;
       if (timer === null) {
         woken = true; // a tick is running: the next one follows at once
         return;
