@@ -64,14 +64,16 @@ const COMPARED: readonly (readonly [string, string])[] = [
 
 const USAGE = `usage: npm run bench -- [--scenarios 1k,5k,15k,35k,45k,throughput] [--workers N]
                           [--instances N] [--clients N] [--publish insert|post]
-                          [--vs nchan] [--nchan-workers N] [--quick] [--timeout-s S]
+                          [--vs nchan] [--nchan-workers N] [--db-proxy on|off]
+                          [--quick] [--timeout-s S]
   --scenarios   comma-separated, from: Nk (N thousand streams, 20 rows 200 ms apart),
                 throughput (1,000 single-row INSERTs as fast as possible, 5,000 streams),
                 throughput-multi (the same 1,000 rows in 10 INSERTs of 100 rows),
                 channels (10,000 streams on user:0 … user:9999 and 1,000 on room:lobby,
                 200 rows 25 ms apart, each to a random user:N or, one in ten, room:lobby);
                 default: 1k,5k,15k,35k,45k,throughput
-  --workers     WORKERS for each server (default: $WORKERS, else the fewest for its streams)
+  --workers     WORKERS for each server (default: $WORKERS, else one per core, more where
+                each would hold over 18,000 streams)
   --instances   rowcast servers on the same database and table, the streams split evenly
                 over them (default 1)
   --clients     client processes (default 4, more when one would hold over ${STREAMS_PER_CLIENT},
@@ -81,6 +83,8 @@ const USAGE = `usage: npm run bench -- [--scenarios 1k,5k,15k,35k,45k,throughput
   --vs nchan    each scenario also against a private nginx + Nchan, in the order Nchan,
                 rowcast, rowcast, Nchan (ABBA), then a comparison line and table
   --nchan-workers  Nchan's worker_processes (default: max(2, ceil(streams / 18000)))
+  --db-proxy    on: rowcast reaches MariaDB through the bench's statement-counting proxy
+                (db_per_tick); off: directly (default on, off with --vs nchan)
   --quick       a short smoke run: 1k only, shorter settle
   --timeout-s   the watchdog: everything is killed after this (default 600, --quick 180;
                 ×4 with --vs nchan; +6 ms per stream above 45,000 per run)`;
@@ -93,6 +97,7 @@ const { values } = parseArgs({
     clients: { type: 'string' },
     publish: { type: 'string', default: 'insert' },
     vs: { type: 'string' },
+    'db-proxy': { type: 'string' },
     'nchan-workers': { type: 'string' },
     quick: { type: 'boolean', default: false },
     'timeout-s': { type: 'string' },
@@ -124,6 +129,13 @@ if (values.vs !== undefined && values.vs !== 'nchan') {
   process.exit(1);
 }
 const vsNchan = values.vs === 'nchan';
+// Against Nchan, rowcast talks to MariaDB directly: nothing sits between Nchan and its clients.
+const dbProxyFlag = values['db-proxy'];
+if (dbProxyFlag !== undefined && dbProxyFlag !== 'on' && dbProxyFlag !== 'off') {
+  process.stderr.write(`bench: --db-proxy ${dbProxyFlag}: expected on or off\n`);
+  process.exit(1);
+}
+const directDb = dbProxyFlag === undefined ? vsNchan : dbProxyFlag === 'off';
 const nchanWorkersFlag = positiveInt('--nchan-workers', values['nchan-workers']);
 // What only an INSERT (many rows in one statement) or rowcast (channels) can do.
 for (const scenario of scenarios) {
@@ -235,6 +247,7 @@ try {
         record = await runScenario(scenario, {
           server,
           publish,
+          directDb,
           ...(nchanModule === undefined ? {} : { nchanModule }),
           order,
           db,

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type ClientPool, startClients } from './clients.js';
-import { type BenchDb, STATUS_COUNTERS, type Status } from './db.js';
+import { type BenchDb, DB_SERVER, STATUS_COUNTERS, type Status } from './db.js';
 import { type DbProxy, type StatementCounts, zeroCounts } from './dbproxy.js';
 import { startNchan } from './nchan.js';
 import { machineBusySeconds, type ProcessSample, sampleTree, tcpMemPages } from './procfs.js';
@@ -45,6 +45,11 @@ export interface ScenarioEnv {
   readonly server: 'rowcast' | 'nchan';
   /** How rowcast gets its rows: INSERT (by the bench) or POST /messages. Nchan always POSTs. */
   readonly publish: PublishMode;
+  /**
+   * rowcast talks to MariaDB directly, not through the counting proxies (no db_per_tick): each of
+   * its round trips then costs what it costs without the bench in between.
+   */
+  readonly directDb: boolean;
   /** Nchan's module (.so); only for `server: 'nchan'`. */
   readonly nchanModule?: string;
   /** This run's place in the scenario's ABBA order (0 without `--vs`). */
@@ -110,7 +115,9 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
             : `starting instance ${index + 1}/${instances} (WORKERS=${env.workers})`,
         );
         const serverOptions: ServerOptions = {
-          databaseUrl: db.urlVia('127.0.0.1', proxy.port),
+          databaseUrl: env.directDb
+            ? db.urlVia(DB_SERVER.hostname, Number(DB_SERVER.port || 3306))
+            : db.urlVia('127.0.0.1', proxy.port),
           workers: env.workers,
           pollIntervalMs: env.pollIntervalMs,
           maxStreams: env.maxStreams,
@@ -351,7 +358,7 @@ export async function runScenario(scenario: Scenario, env: ScenarioEnv) {
         loop_delay_p99_ms: round(measured.loopDelayP99Ms),
         loop_delay_max_ms: round(measured.loopDelayMaxMs),
       },
-      ...(nchan
+      ...(nchan || env.directDb
         ? {}
         : {
             db_per_tick: {
@@ -508,7 +515,7 @@ interface Counters {
 
 /** The database's counters now; null for Nchan, which has no database. */
 async function countersNow(env: ScenarioEnv): Promise<Counters | null> {
-  if (env.server === 'nchan') return null;
+  if (env.server === 'nchan' || env.directDb) return null;
   const status = await env.db.globalStatus();
   return { at: monotonicMs(), status, statements: env.proxies.map((proxy) => proxy.counts()) };
 }
@@ -523,9 +530,9 @@ async function dbWindow(env: ScenarioEnv, ms: number) {
 /**
  * rowcast's statements per tick of one instance, or of all (`before`/`after` summed): a tick is
  * one pending check through the proxy (exact, rowcast's own). An idle tick is that 1 statement
- * (docs/delivery.md 7). A tick that sees pending rows adds a claim transaction (7 statements; one
- * that finds the rows taken by another instance, 5), and one whose counter is past its cursor a
- * tail (every instance tails every row).
+ * (docs/delivery.md 7). A tick that sees pending rows adds a claim transaction (2 round trips,
+ * then the COMMIT with the tail in a third), and one whose counter is past its cursor a tail
+ * (every instance tails every row).
  */
 function statementsPerTick(before: StatementCounts, after: StatementCounts) {
   const ticks = after.head - before.head;
