@@ -322,3 +322,52 @@ test('claims racing inserts, some committed late, give every row exactly one seq
     await race.drop();
   }
 });
+
+test('a row flagged by another program while the claim waits for its lock: the claim is rolled back, the counter stays, the next tick goes on', {
+  timeout: 60_000,
+}, async () => {
+  await withApp(db.url, { POLL_INTERVAL_MS: '60000' }, async (app) => {
+    await app.app.tailer.pollOnce(); // after the tick start() ran
+    const [counterBefore] = await db.query<{ next_seq: string }[]>(
+      "SELECT next_seq FROM rowcast_state WHERE tbl = 'msg'",
+    );
+    const [id] = await db.insert('taken elsewhere');
+    // Another program marks the row in a transaction it has not committed: the claim's pick (a
+    // plain read) still sees the row pending, and its UPDATE waits for this lock.
+    const other = await writer(db.name);
+    try {
+      await other.query('START TRANSACTION');
+      await other.query('UPDATE msg SET flag = 1 WHERE id = ?', [id]);
+      const tick = app.app.tailer.pollOnce();
+      await waitUntil(
+        async () => {
+          const [waiting] = await db.query<{ n: number }[]>(
+            "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST WHERE INFO LIKE 'UPDATE `msg` SET flag = 1, seq = CASE%'",
+          );
+          return Number(waiting?.n) > 0;
+        },
+        'the claim waits for the row lock',
+        10_000,
+      );
+      await other.query('COMMIT');
+      await tick;
+      const conflict = await app.logs.waitFor('claim.conflict');
+      assert.equal(conflict.picked, 1);
+      assert.equal(conflict.changed, 0);
+    } finally {
+      await other.end();
+    }
+    // Rolled back: the counter did not move, and the row has no seq.
+    const [counterAfter] = await db.query<{ next_seq: string }[]>(
+      "SELECT next_seq FROM rowcast_state WHERE tbl = 'msg'",
+    );
+    assert.equal(counterAfter?.next_seq, counterBefore?.next_seq);
+    const [row] = await db.query<{ seq: unknown }[]>('SELECT seq FROM msg WHERE id = ?', [id]);
+    assert.equal(row?.seq, null);
+    // The next row is claimed as usual, with the seq the counter held.
+    const [next] = await db.insert('after the conflict');
+    await app.app.tailer.pollOnce();
+    const [claimed] = await db.query<{ seq: string }[]>('SELECT seq FROM msg WHERE id = ?', [next]);
+    assert.equal(String(claimed?.seq), String(counterBefore?.next_seq));
+  });
+});
