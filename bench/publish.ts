@@ -1,4 +1,5 @@
 import http from 'node:http';
+import net from 'node:net';
 import type { BenchDb } from './db.js';
 
 /**
@@ -94,17 +95,17 @@ export function postPublisher(db: BenchDb, port: number, token: string): Publish
  * Nchan answers 201 (or 202 when the channel has no subscriber) with the channel's info.
  */
 export function nchanPublisher(port: number): Publisher {
-  const post = keepAlivePoster(port, NCHAN_PUBLISH_SOCKETS);
+  const post = pipelinedPoster(port);
   let next = 1;
   return {
     mode: 'post',
     overlapping: true,
     describe: () =>
-      `POST /pub on schedule, up to ${NCHAN_PUBLISH_SOCKETS} keep-alive connections (a publish does not wait for the one before)`,
+      'POST /pub on schedule, pipelined on one kept-alive connection (a publish does not wait for the answer to the one before)',
     nextId: async () => next,
     async publish(contents, channels) {
       if (channels !== undefined) throw new Error('the Nchan bench has one channel only');
-      // Ids in send order, taken before any await: publishes may overlap.
+      // Ids in send order, taken before any await: publishes overlap.
       const first = next;
       next += contents.length;
       for (const [i, content] of contents.entries()) {
@@ -132,12 +133,9 @@ type Poster = ((
   headers: Record<string, string>,
 ) => Promise<{ status: number; text: string }>) & { close(): void };
 
-// Publishes to Nchan in flight at once at most (each holds a connection until Nchan answers).
-const NCHAN_PUBLISH_SOCKETS = 8;
-
-/** POSTs over kept-alive connections to 127.0.0.1:port (node:http Agent, `sockets` at most). */
-function keepAlivePoster(port: number, sockets = 1): Poster {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: sockets });
+/** POSTs over one kept-alive connection to 127.0.0.1:port (node:http Agent, maxSockets 1). */
+function keepAlivePoster(port: number): Poster {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   const post = (path: string, body: string, headers: Record<string, string>) =>
     new Promise<{ status: number; text: string }>((resolve, reject) => {
       const req = http.request({
@@ -164,4 +162,88 @@ function keepAlivePoster(port: number, sockets = 1): Poster {
       req.end(body);
     });
   return Object.assign(post, { close: () => agent.destroy() });
+}
+
+/**
+ * POSTs pipelined on one connection to 127.0.0.1:port: each request is written at once, whether
+ * or not the ones before have been answered, and nginx handles them one after another, in
+ * order. One publisher that sends on its schedule, as a program would; several connections
+ * instead let Nchan's workers publish at once and out of order (70,000 to 210,000 deliveries out
+ * of order at 35k).
+ */
+function pipelinedPoster(port: number): Poster {
+  const socket = net.connect({ host: '127.0.0.1', port, noDelay: true });
+  const waiting: {
+    resolve: (answer: { status: number; text: string }) => void;
+    reject: (err: Error) => void;
+    timer: NodeJS.Timeout;
+  }[] = [];
+  let buffered: Buffer = Buffer.alloc(0);
+  const failAll = (err: Error) => {
+    for (const w of waiting.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(err);
+    }
+  };
+  socket.on('data', (chunk: Buffer) => {
+    buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+    for (;;) {
+      const answer = parseResponse(buffered);
+      if (answer === null) return;
+      buffered = buffered.subarray(answer.length);
+      const w = waiting.shift();
+      if (w === undefined) return failAll(new Error('an answer to no request'));
+      clearTimeout(w.timer);
+      w.resolve(answer);
+    }
+  });
+  socket.on('error', failAll);
+  socket.on('close', () => failAll(new Error('the publishing connection closed')));
+  const post = (path: string, body: string, headers: Record<string, string>) =>
+    new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`POST ${path}: no answer in ${REQUEST_TIMEOUT_MS} ms`)),
+        REQUEST_TIMEOUT_MS,
+      );
+      waiting.push({ resolve, reject, timer });
+      const lines = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`);
+      socket.write(
+        `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n${lines.join('')}` +
+          `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      );
+    });
+  return Object.assign(post, { close: () => socket.destroy() });
+}
+
+/** The first whole HTTP/1.1 response in `bytes` (Content-Length or chunked body), or null. */
+function parseResponse(bytes: Buffer): { status: number; text: string; length: number } | null {
+  const headEnd = bytes.indexOf('\r\n\r\n');
+  if (headEnd === -1) return null;
+  const head = bytes.toString('latin1', 0, headEnd);
+  const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(head)?.[1] ?? 0);
+  const bodyStart = headEnd + 4;
+  const length = /\r\ncontent-length:\s*(\d+)/i.exec(head)?.[1];
+  if (length !== undefined) {
+    const end = bodyStart + Number(length);
+    if (bytes.length < end) return null;
+    return { status, text: bytes.toString('utf8', bodyStart, end), length: end };
+  }
+  if (!/\r\ntransfer-encoding:\s*chunked/i.test(head)) {
+    return { status, text: '', length: bodyStart };
+  }
+  const parts: Buffer[] = [];
+  let at = bodyStart;
+  for (;;) {
+    const lineEnd = bytes.indexOf('\r\n', at);
+    if (lineEnd === -1) return null;
+    const size = Number.parseInt(bytes.toString('latin1', at, lineEnd), 16);
+    if (size === 0) {
+      const end = lineEnd + 4; // the empty trailer's CRLF
+      if (bytes.length < end) return null;
+      return { status, text: Buffer.concat(parts).toString(), length: end };
+    }
+    if (bytes.length < lineEnd + 2 + size + 2) return null;
+    parts.push(bytes.subarray(lineEnd + 2, lineEnd + 2 + size));
+    at = lineEnd + 2 + size + 2;
+  }
 }
