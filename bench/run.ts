@@ -65,7 +65,7 @@ const COMPARED: readonly (readonly [string, string])[] = [
 const USAGE = `usage: npm run bench -- [--scenarios 1k,5k,15k,35k,45k,throughput] [--workers N]
                           [--instances N] [--clients N] [--publish insert|post]
                           [--vs nchan] [--nchan-workers N] [--db-proxy on|off]
-                          [--quick] [--timeout-s S]
+                          [--quick] [--settle-s S] [--timeout-s S]
   --scenarios   comma-separated, from: Nk (N thousand streams, 20 rows 200 ms apart),
                 throughput (1,000 single-row INSERTs as fast as possible, 5,000 streams),
                 throughput-multi (the same 1,000 rows in 10 INSERTs of 100 rows),
@@ -86,6 +86,8 @@ const USAGE = `usage: npm run bench -- [--scenarios 1k,5k,15k,35k,45k,throughput
   --db-proxy    on: rowcast reaches MariaDB through the bench's statement-counting proxy
                 (db_per_tick); off: directly (default on, off with --vs nchan)
   --quick       a short smoke run: 1k only, shorter settle
+  --settle-s    the idle windows before memory is read, at 0 and at N streams (default 3,
+                --quick 1.5); 20 lets V8 give back the garbage of a burst of connections
   --timeout-s   the watchdog: everything is killed after this (default 600, --quick 180;
                 ×4 with --vs nchan; +6 ms per stream above 45,000 per run)`;
 
@@ -101,6 +103,7 @@ const { values } = parseArgs({
     'nchan-workers': { type: 'string' },
     quick: { type: 'boolean', default: false },
     'timeout-s': { type: 'string' },
+    'settle-s': { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -164,7 +167,7 @@ const timeoutS =
         0,
       ) / 1000,
     );
-const settleMs = values.quick ? 1_500 : 3_000;
+const settleMs = (positiveInt('--settle-s', values['settle-s']) ?? (values.quick ? 1.5 : 3)) * 1000;
 const progress = (line: string) => process.stderr.write(`bench: ${line}\n`);
 const nchanModule = vsNchan ? ensureNchan(progress) : undefined;
 
