@@ -30,7 +30,8 @@ const WATCHDOG_S = 600;
 
 const USAGE = `usage: npm run bench:floor -- [--streams 5k,35k] [--workers N]
   --streams   comma-separated stream counts (Nk = N thousand); default 5k,35k
-  --workers   WORKERS for rowcast (default: the fewest that keep each under 18,000 streams)`;
+  --workers   WORKERS for rowcast (default: one per core, more where each would hold over
+              18,000 streams)`;
 
 const { values } = parseArgs({
   options: {
@@ -87,7 +88,8 @@ const records: Record<string, unknown>[] = [];
 const db = await openBenchDb(dbName);
 try {
   for (const streams of streamCounts) {
-    const workers = workersFlag ?? Math.max(1, Math.ceil(streams / STREAMS_PER_WORKER));
+    // rowcast's default (a worker per core), more where each would hold over 18,000 streams.
+    const workers = workersFlag ?? Math.max(CORES, Math.ceil(streams / STREAMS_PER_WORKER));
     // As many writers as rowcast has processes, and one per core (the lowest floor).
     for (const writers of new Set([workers, CORES])) {
       for (const tickMs of [0, POLL_INTERVAL_MS]) {
