@@ -299,7 +299,6 @@ export function createHub(options: HubOptions): Hub {
           // Frames by the stream's cursor: streams of a group stand at one or two points.
           let frames = new Map<number, Buffer | null>();
           let bytes = 0;
-          let written = 0;
           for (const [stream, member] of group.streams) {
             let frame = frames.get(member.sent);
             if (frame === undefined) {
@@ -314,7 +313,6 @@ export function createHub(options: HubOptions): Hub {
             stream.write(frame);
             member.sent = head;
             bytes += frame.length;
-            written++;
             if (++writes % WRITE_SLICE === 0) {
               metrics.written(group.transport.name, bytes);
               bytes = 0;
@@ -324,10 +322,10 @@ export function createHub(options: HubOptions): Hub {
               frames = new Map();
             }
           }
-          if (written > 0) metrics.written(group.transport.name, bytes);
+          if (bytes > 0) metrics.written(group.transport.name, bytes);
         }
-        // Every stream has the rows due at the start of its visit; the ones that came later are
-        // written to the streams that missed them in the next round.
+        // Every stream has the rows that were due when this round began; the ones that came
+        // later are written to the streams that missed them in the next round.
         audience.due = audience.due.filter((due) => due.batch.lastSeq > floor);
         if (audience.due.length > 0) dirty.add(audience);
       }
