@@ -172,7 +172,9 @@ function keepAlivePoster(port: number): Poster {
  * of order at 35k).
  */
 function pipelinedPoster(port: number): Poster {
-  const socket = net.connect({ host: '127.0.0.1', port, noDelay: true });
+  // Opened at the first publish, and again if it closed meanwhile: nginx closes a connection
+  // that sends nothing for 60 s (client_header_timeout), which opening 100k streams outlasts.
+  let socket: net.Socket | null = null;
   const waiting: {
     resolve: (answer: { status: number; text: string }) => void;
     reject: (err: Error) => void;
@@ -185,26 +187,32 @@ function pipelinedPoster(port: number): Poster {
       w.reject(err);
     }
   };
-  socket.on('data', (chunk: Buffer) => {
-    buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
-    for (;;) {
-      const answer = parseResponse(buffered);
-      if (answer === null) return;
-      buffered = buffered.subarray(answer.length);
-      const w = waiting.shift();
-      if (w === undefined) return failAll(new Error('an answer to no request'));
-      clearTimeout(w.timer);
-      w.resolve(answer);
-    }
-  });
-  socket.on('error', failAll);
-  socket.on('close', () => failAll(new Error('the publishing connection closed')));
+  const open = (): net.Socket => {
+    const opened = net.connect({ host: '127.0.0.1', port, noDelay: true });
+    buffered = Buffer.alloc(0);
+    opened.on('data', (chunk: Buffer) => {
+      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+      for (;;) {
+        const answer = parseResponse(buffered);
+        if (answer === null) return;
+        buffered = buffered.subarray(answer.length);
+        const w = waiting.shift();
+        if (w === undefined) return failAll(new Error('an answer to no request'));
+        clearTimeout(w.timer);
+        w.resolve(answer);
+      }
+    });
+    opened.on('error', failAll);
+    opened.on('close', () => failAll(new Error('the publishing connection closed')));
+    return opened;
+  };
   const post = (path: string, body: string, headers: Record<string, string>) =>
     new Promise<{ status: number; text: string }>((resolve, reject) => {
       const timer = setTimeout(
         () => reject(new Error(`POST ${path}: no answer in ${REQUEST_TIMEOUT_MS} ms`)),
         REQUEST_TIMEOUT_MS,
       );
+      if (socket === null || socket.destroyed || socket.writableEnded) socket = open();
       waiting.push({ resolve, reject, timer });
       const lines = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`);
       socket.write(
@@ -212,7 +220,7 @@ function pipelinedPoster(port: number): Poster {
           `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
       );
     });
-  return Object.assign(post, { close: () => socket.destroy() });
+  return Object.assign(post, { close: () => socket?.destroy() });
 }
 
 /** The first whole HTTP/1.1 response in `bytes` (Content-Length or chunked body), or null. */
